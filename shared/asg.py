@@ -1,0 +1,145 @@
+"""The Auto Scaling adapter: the only module besides store.py that talks to AWS.
+
+Processes see ``AsgState``/``Activity`` values (shared/state.py), never boto3 responses.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.aws import aws_call, client, error_code, error_message
+from shared.errors import AwsError
+from shared.state import Activity, AsgInstance, AsgState
+
+log = logging.getLogger("workerpool.asg")
+
+
+class Asg:
+    def __init__(self, *, name: str, region: str, endpoint_url: str | None = None,
+                 autoscaling: Any = None, ec2: Any = None) -> None:
+        self.name = name
+        self.api = autoscaling or client("autoscaling", region=region,
+                                         endpoint_url=endpoint_url)
+        self._region = region
+        self._endpoint = endpoint_url
+        self._ec2 = ec2
+
+    @property
+    def ec2(self) -> Any:
+        if self._ec2 is None:
+            self._ec2 = client("ec2", region=self._region, endpoint_url=self._endpoint)
+        return self._ec2
+
+    @aws_call
+    def describe(self) -> AsgState:
+        resp = self.api.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])
+        groups = resp.get("AutoScalingGroups", [])
+        if not groups:
+            raise AwsError("NotFound", f"Auto Scaling Group {self.name!r} does not exist")
+        g = groups[0]
+        return AsgState(
+            name=self.name,
+            min_size=g["MinSize"],
+            max_size=g["MaxSize"],
+            desired=g["DesiredCapacity"],
+            instances=tuple(
+                AsgInstance(
+                    instance_id=i["InstanceId"],
+                    lifecycle_state=i["LifecycleState"],
+                    health_status=i.get("HealthStatus", "Healthy"),
+                    protected=bool(i.get("ProtectedFromScaleIn")),
+                )
+                for i in g.get("Instances", [])
+            ),
+        )
+
+    @aws_call
+    def set_desired(self, desired: int) -> None:
+        self.api.set_desired_capacity(AutoScalingGroupName=self.name,
+                                      DesiredCapacity=desired, HonorCooldown=False)
+
+    @aws_call
+    def set_protection(self, instance_ids: list[str], protected: bool) -> None:
+        for start in range(0, len(instance_ids), 50):  # the API takes 50 at a time
+            self.api.set_instance_protection(
+                AutoScalingGroupName=self.name, InstanceIds=instance_ids[start:start + 50],
+                ProtectedFromScaleIn=protected)
+
+    @aws_call
+    def terminate(self, instance_id: str, *, decrement: bool = True) -> bool:
+        """Terminate one chosen instance; False if it was no longer in the group."""
+        try:
+            self.api.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance_id, ShouldDecrementDesiredCapacity=decrement)
+            return True
+        except StopIteration:  # moto 5.2's answer for an unknown instance (AWS: ValidationError)
+            return False
+        except ClientError as exc:
+            msg = error_message(exc).lower()
+            if error_code(exc) == "ValidationError" and ("not found" in msg
+                                                          or "not part of" in msg
+                                                          or "terminat" in msg):
+                return False
+            raise
+
+    @aws_call
+    def activities(self, max_records: int = 20) -> list[Activity]:
+        """The newest scaling activities (what the console's Activity tab shows)."""
+        resp = self.api.describe_scaling_activities(AutoScalingGroupName=self.name,
+                                                    MaxRecords=max_records)
+        out = []
+        for a in resp.get("Activities", []):
+            start = a.get("StartTime")
+            out.append(Activity(
+                activity_id=a.get("ActivityId", ""),
+                status_code=a.get("StatusCode", ""),
+                status_message=a.get("StatusMessage", ""),
+                description=a.get("Description", ""),
+                start_time=start.timestamp() if hasattr(start, "timestamp") else 0.0,
+            ))
+        return out
+
+    # --- bootstrap (local pools against moto) -----------------------------------------
+    @aws_call
+    def ensure_group(self, *, launch_template: str, ami_id: str, instance_type: str,
+                     max_size: int, user_data: str = "") -> bool:
+        """Create the launch template and the group (min 0, desired 0) if absent."""
+        try:
+            self.ec2.create_launch_template(
+                LaunchTemplateName=launch_template,
+                LaunchTemplateData={
+                    "ImageId": ami_id,
+                    "InstanceType": instance_type,
+                    "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+                                        "HttpEndpoint": "enabled"},
+                    "UserData": base64.b64encode(user_data.encode()).decode(),
+                },
+            )
+        except ClientError as exc:
+            if "AlreadyExists" not in error_code(exc):
+                raise
+        try:
+            self.describe()
+            return False
+        except AwsError as exc:
+            if exc.code != "NotFound":
+                raise
+        zones = [z["ZoneName"] for z in
+                 self.ec2.describe_availability_zones()["AvailabilityZones"]][:1]
+        try:
+            self.api.create_auto_scaling_group(
+                AutoScalingGroupName=self.name,
+                LaunchTemplate={"LaunchTemplateName": launch_template, "Version": "$Latest"},
+                MinSize=0, MaxSize=max_size, DesiredCapacity=0, AvailabilityZones=zones,
+                NewInstancesProtectedFromScaleIn=False,
+                Tags=[{"Key": "workerpool", "Value": "worker", "PropagateAtLaunch": True}],
+            )
+        except ClientError as exc:
+            if error_code(exc) != "AlreadyExists":
+                raise
+            return False
+        return True

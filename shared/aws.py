@@ -1,0 +1,109 @@
+"""boto3 clients and the translation of AWS errors into ours (store.py and asg.py use it)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from shared.errors import AwsError, AwsUnavailable
+
+log = logging.getLogger("workerpool.aws")
+
+#: botocore's "standard" mode retries throttling and 5xx with jittered backoff itself.
+BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 6},
+    connect_timeout=3,
+    read_timeout=10,
+    max_pool_connections=32,
+)
+
+THROTTLING = {
+    "ThrottlingException",
+    "Throttling",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "RequestLimitExceededException",
+    "TooManyRequestsException",
+    "InternalServerError",
+    "ServiceUnavailable",
+}
+
+
+def client(service: str, *, region: str, endpoint_url: str | None = None) -> Any:
+    """A boto3 client; AWS_ENDPOINT_URL (moto) is honoured when ``endpoint_url`` is given."""
+    return boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
+                        config=BOTO_CONFIG)
+
+
+T = TypeVar("T")
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def error_message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+def translate(exc: Exception) -> Exception:
+    """botocore's exceptions → AwsUnavailable (retry later) or AwsError (do not retry)."""
+    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+                        ConnectTimeoutError, BotoConnectionError)):
+        return AwsUnavailable(f"AWS endpoint does not answer: {exc}")
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        if code in THROTTLING:
+            return AwsUnavailable(f"{code}: {error_message(exc)}")
+        return AwsError(code, error_message(exc))
+    if isinstance(exc, BotoCoreError):  # e.g. parameter validation: our bug, not AWS's
+        return AwsError(type(exc).__name__, str(exc))
+    return exc
+
+
+def aws_call(fn: Callable[..., T]) -> Callable[..., T]:
+    """Retry an adapter method while AWS is unreachable (3 tries, jittered), then raise.
+
+    Throttling is already retried by botocore; what reaches us is translated. ClientErrors
+    that a method handles itself (a failed condition) must be caught inside ``fn``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception_type(AwsUnavailable),
+            wait=wait_exponential_jitter(initial=0.2, max=3),
+            stop=stop_after_attempt(3),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return fn(*args, **kwargs)
+                except (ClientError, BotoCoreError) as exc:
+                    raise translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    return wrapper

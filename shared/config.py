@@ -1,0 +1,174 @@
+"""Every variable of PROTOCOL §1 (and our own), typed and validated in one place.
+
+``load_settings(process)`` is what a ``__main__`` calls: on a bad value it prints one line
+naming the variable and what is wrong, and exits with status 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+#: Default HEALTH_PORT of each process ("per process" in PROTOCOL §1).
+DEFAULT_HEALTH_PORTS = {
+    "dispatcher": 9101,
+    "scaler": 9102,
+    "reaper": 9103,
+    "agent": 9100,
+    "fleet": 9104,
+    "bootstrap": 0,
+    "cli": 0,
+}
+
+#: Variables whose values are never echoed (they may hold a password).
+SECRET_VARIABLES = {"AMQP_URL"}
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/vh`` → ``amqp://user:***@host/vh`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """All configuration, from the environment (and ``.env``). Field name = variable name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- PROTOCOL §1 -------------------------------------------------------------------
+    amqp_url: str = "amqp://guest:guest@localhost:5672/%2F"
+    aws_region: str = Field(default="us-east-1", min_length=1)
+    aws_endpoint_url: str | None = None
+    table_name: str = Field(default="worker_pool", pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    asg_name: str = Field(default="workerpool-workers", min_length=1, max_length=255)
+    asg_max_size: int = Field(default=10, ge=0, le=10000)
+    target_available: int = Field(default=2, ge=0, le=10000)
+    cooldown_seconds: float = Field(default=30, ge=0)
+    heartbeat_interval: float = Field(default=15, gt=0, le=3600)
+    heartbeat_timeout: float | None = Field(default=None, gt=0)
+    lease_seconds: int = Field(default=3600, ge=10, le=86400)
+    claim_wait_seconds: int = Field(default=300, ge=0, le=900)
+    boot_timeout_seconds: float = Field(default=600, gt=0)
+    reap_interval: float = Field(default=5, gt=0)
+    max_leases_per_user: int = Field(default=1, ge=1, le=100)
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    aws_ec2_metadata_service_endpoint: str = "http://169.254.169.254"
+    code_server_url: str = "http://127.0.0.1:8080"
+
+    # --- our own (documented in README "Variables") ------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    code_server_port: int = Field(default=8080, ge=1, le=65535)
+    request_memory_seconds: int = Field(default=86400, ge=86400)
+    dispatcher_threads: int = Field(default=8, ge=1, le=64)
+    wait_poll_interval: float = Field(default=0.25, gt=0, le=10)
+    scale_strategy: Literal["missing", "naive"] = "missing"
+    reconcile_interval: float = Field(default=5, gt=0)
+    scale_in_idle_seconds: float = Field(default=600, ge=0)
+    lock_ttl_seconds: float = Field(default=15, gt=0)
+    orphan_sweep_interval: float = Field(default=60, gt=0)
+    launch_template_name: str = Field(default="workerpool-worker", min_length=3)
+    worker_ami_id: str = "ami-12c6146b"
+    worker_instance_type: str = "t3.medium"
+    fleet_boot_delay: float = Field(default=2, ge=0)
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError("is not a valid URL") from exc
+        if parts.scheme not in ("amqp", "amqps"):
+            raise ValueError("must start with amqp:// or amqps://")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        del port
+        return value
+
+    @field_validator("aws_endpoint_url", "aws_ec2_metadata_service_endpoint", "code_server_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.heartbeat_timeout is None:
+            self.heartbeat_timeout = 3 * self.heartbeat_interval
+        elif self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                "HEARTBEAT_TIMEOUT: must be greater than HEARTBEAT_INTERVAL "
+                f"({self.heartbeat_interval:g})"
+            )
+        return self
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def dead_after(self) -> float:
+        """Seconds of heartbeat silence after which a worker is dead."""
+        assert self.heartbeat_timeout is not None
+        return self.heartbeat_timeout
+
+    def port_for(self, process: str) -> int:
+        return self.health_port if self.health_port is not None else DEFAULT_HEALTH_PORTS[process]
+
+    def redacted_amqp_url(self) -> str:
+        return redact_url(self.amqp_url)
+
+
+def _one_line(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]).upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        if not name:  # a model-level check names its variable itself
+            problems.append(msg)
+        elif name in SECRET_VARIABLES:
+            problems.append(f"{name}: {msg}")
+        else:
+            problems.append(f"{name}={err.get('input')!r}: {msg}")
+    return "; ".join(problems)
+
+
+def parse_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment (+ overrides); raise ConfigError with one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load_settings(process: str) -> Settings:
+    """For ``__main__``: settings, or one line on stderr and exit status 2."""
+    try:
+        return parse_settings()
+    except ConfigError as exc:
+        print(f"workerpool {process}: bad configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def connection_name(process: str) -> str:
+    """``<process>@<host>:<pid>``, the client property operators see in the management UI."""
+    import os
+
+    return f"{process}@{socket.gethostname()}:{os.getpid()}"

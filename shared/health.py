@@ -1,0 +1,81 @@
+"""``GET /health`` and ``GET /metrics`` on HEALTH_PORT, for every process (PROTOCOL §1).
+
+A process registers named checks (callables returning (ok, detail)); /health is 200 when
+all pass, else 503, with a JSON body naming each. /metrics is prometheus-client's registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("workerpool.health")
+
+Check = Callable[[], tuple[bool, Any]]
+
+
+class HealthServer:
+    def __init__(self, *, process: str, port: int, registry: CollectorRegistry | None = None,
+                 host: str = "0.0.0.0") -> None:
+        self.process = process
+        self.registry = registry or CollectorRegistry()
+        self.checks: dict[str, Check] = {}
+        self.info: dict[str, Any] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.split("?")[0] == "/health":
+                    code, body = server.health()
+                    self._send(code, "application/json", json.dumps(body).encode())
+                elif self.path.split("?")[0] == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                else:
+                    self._send(404, "application/json", b'{"error": "not found"}')
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        name="health")
+
+    def add_check(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        results: dict[str, Any] = {}
+        ok = True
+        for name, check in self.checks.items():
+            try:
+                passed, detail = check()
+            except Exception as exc:  # a failing check is a failed check, not a crash
+                passed, detail = False, repr(exc)
+            results[name] = {"ok": passed, "detail": detail}
+            ok = ok and passed
+        body = {"status": "ok" if ok else "unhealthy", "process": self.process,
+                "checks": results, **self.info}
+        return (200 if ok else 503), body
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

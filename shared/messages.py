@@ -1,0 +1,221 @@
+"""Every message and reply of PROTOCOL §3–4 (and our internal events), as frozen models.
+
+``decode(kind, body)`` is the one way in: raw bytes → a model, or ``InvalidMessage`` whose
+reason names the field. Models are strict: unknown fields, wrong types ("3600" for 3600)
+and out-of-range values are errors. Replies always carry every field (``null``, never
+omitted).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.clock import utcnow_iso
+from shared.errors import InvalidMessage
+
+REQUEST_ID = r"^[A-Za-z0-9._:-]{1,128}$"
+USER_ID = r"^[A-Za-z0-9._@-]{1,128}$"
+INSTANCE_ID = r"^i-[A-Za-z0-9]{1,40}$"
+
+RequestId = Annotated[str, Field(pattern=REQUEST_ID)]
+UserId = Annotated[str, Field(pattern=USER_ID)]
+InstanceId = Annotated[str, Field(pattern=INSTANCE_ID)]
+LeaseSeconds = Annotated[int, Field(ge=10, le=86400)]
+WaitSeconds = Annotated[int, Field(ge=0, le=900)]
+Ip = Annotated[str, Field(min_length=1, max_length=64)]
+ShortText = Annotated[str, Field(max_length=256)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# --- §3 client requests ------------------------------------------------------------------
+class ClaimRequest(Message):
+    request_id: RequestId
+    user_id: UserId
+    lease_seconds: LeaseSeconds | None = None
+    wait_seconds: WaitSeconds | None = None
+
+
+class ReleaseRequest(Message):
+    type: Literal["release"]
+    request_id: RequestId
+    user_id: UserId
+    instance_id: InstanceId
+
+
+class RenewRequest(Message):
+    type: Literal["renew"]
+    request_id: RequestId
+    user_id: UserId
+    instance_id: InstanceId
+    lease_seconds: LeaseSeconds | None = None
+
+
+LeaseRequest = Annotated[Union[ReleaseRequest, RenewRequest], Field(discriminator="type")]
+
+
+# --- §3 replies --------------------------------------------------------------------------
+class WorkerInfo(Message):
+    instance_id: str
+    public_ip: str | None
+    private_ip: str | None
+    url: str
+    password: str | None = None
+
+
+ClaimStatus = Literal["assigned", "unavailable", "rejected"]
+LeaseStatus = Literal["released", "renewed", "not_found", "rejected"]
+
+
+class ClaimReply(Message):
+    request_id: str | None
+    status: ClaimStatus
+    reason: str | None = None
+    worker: WorkerInfo | None = None
+    lease_expiry: str | None = None
+
+
+class LeaseReply(Message):
+    request_id: str | None
+    status: LeaseStatus
+    reason: str | None = None
+    instance_id: str | None = None
+    lease_expiry: str | None = None
+
+
+# --- §4 agent messages -------------------------------------------------------------------
+class Register(Message):
+    type: Literal["register"]
+    instance_id: InstanceId
+    private_ip: Ip | None = None
+    public_ip: Ip | None = None
+    instance_type: ShortText | None = None
+    availability_zone: ShortText | None = None
+    agent_version: ShortText | None = None
+    sent_at: datetime
+
+
+class Heartbeat(Message):
+    type: Literal["heartbeat"]
+    instance_id: InstanceId
+    healthy: bool
+    sent_at: datetime
+
+
+class Deregister(Message):
+    type: Literal["deregister"]
+    instance_id: InstanceId
+    reason: ShortText | None = None
+    sent_at: datetime
+
+
+AgentMessage = Annotated[Union[Register, Heartbeat, Deregister], Field(discriminator="type")]
+
+
+# --- internal: dispatcher → scaler (workerpool.scaling) ----------------------------------
+class ShortageEvent(Message):
+    """The pool is short (free below target, or claims waiting): the scaler should look."""
+
+    type: Literal["shortage"]
+    free: int = Field(ge=0)
+    waiting: int = Field(ge=0)
+    sent_at: datetime
+
+
+class LeasedEvent(Message):
+    """A worker was leased: the scaler protects its instance from scale-in."""
+
+    type: Literal["leased"]
+    instance_id: InstanceId
+    sent_at: datetime
+
+
+ScalingEvent = Annotated[Union[ShortageEvent, LeasedEvent], Field(discriminator="type")]
+
+
+# --- internal: scaler → dispatchers (workerpool.capacity fanout) -------------------------
+class CapacityStatus(Message):
+    """Whether the pool can grow. ``ok=False`` lets dispatchers answer waiting claims now."""
+
+    type: Literal["capacity"] = "capacity"
+    ok: bool
+    reason: str | None = None
+    desired: int | None = None
+    max_size: int | None = None
+    sent_at: datetime
+
+
+# --- decoding ----------------------------------------------------------------------------
+M = TypeVar("M")
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    if kind not in _ADAPTERS:
+        _ADAPTERS[kind] = TypeAdapter(kind)
+    return _ADAPTERS[kind]
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        # drop the union tag pydantic puts in the path ("release.instance_id" → "instance_id")
+        if len(loc) > 1 and loc[0] in {"release", "renew", "register", "heartbeat", "deregister",
+                                         "shortage", "leased"}:
+            loc = loc[1:]
+        field = ".".join(loc) or "body"
+        if err["type"] == "union_tag_invalid":
+            field = "type"
+            expected = err.get("ctx", {}).get("expected_tags", "")
+            parts.append(f"{field}: must be one of {expected}".replace("'", ""))
+        elif err["type"] == "union_tag_not_found":
+            parts.append("type: field required")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"{field}: unknown field")
+        elif err["type"] == "missing":
+            parts.append(f"{field}: field required")
+        elif err["type"] == "json_invalid":
+            parts.append(f"body is not valid JSON ({err.get('ctx', {}).get('error', '')})")
+        elif err["type"] == "model_type" and field == "body":
+            parts.append("body: must be a JSON object")
+        else:
+            parts.append(f"{field}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _request_id_of(body: bytes) -> str | None:
+    """The request_id of a body that parsed as JSON, if it is a valid one (else None)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    rid = data.get("request_id") if isinstance(data, dict) else None
+    return rid if isinstance(rid, str) and re.match(REQUEST_ID, rid) else None
+
+
+def decode(kind: type[M] | Any, body: bytes) -> M:
+    """Bytes → model of ``kind`` (a Message class or an Annotated union), or InvalidMessage."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidMessage("body is not UTF-8") from None
+    try:
+        return _adapter(kind).validate_json(text)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        raise InvalidMessage(_reason(exc), request_id=_request_id_of(body)) from None
+
+
+def now_sent_at() -> datetime:
+    return datetime.fromisoformat(utcnow_iso().replace("Z", "+00:00"))

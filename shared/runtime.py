@@ -1,0 +1,81 @@
+"""What every ``__main__`` does around its loop: settings, logging, signals, health, ready.
+
+    def main() -> int:
+        with Runtime("scaler") as rt:
+            ...build adapters from rt.settings...
+            rt.health.add_check("broker", ...)
+            rt.ready()
+            while not rt.stopping: ...
+        return 0
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType, TracebackType
+from typing import Any
+
+from shared import logging as wlogging
+from shared.config import Settings, load_settings
+from shared.errors import AwsUnavailable, BrokerUnavailable, ConfigError
+from shared.health import HealthServer
+
+
+class Runtime:
+    def __init__(self, process: str, settings: Settings | None = None) -> None:
+        self.process = process
+        self.settings = settings or load_settings(process)
+        self.log = wlogging.setup(process, self.settings.log_level)
+        self._stop = threading.Event()
+        self._on_stop: list[Any] = []
+        self.health = HealthServer(process=process, port=self.settings.port_for(process))
+        self.started = time.monotonic()
+
+    # signals only set a flag (and call registered non-blocking stoppers)
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        self.log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(signum).name})
+        self._stop.set()
+        for fn in self._on_stop:
+            fn()
+
+    def on_stop(self, fn: Any) -> None:
+        self._on_stop.append(fn)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if asked to stop meanwhile."""
+        return self._stop.wait(seconds)
+
+    def ready(self, **fields: Any) -> None:
+        self.log.info("ready", extra={"event": "ready", "health_port": self.health.port,
+                                      **fields})
+
+    def __enter__(self) -> Runtime:
+        signal.signal(signal.SIGTERM, self._signal)
+        signal.signal(signal.SIGINT, self._signal)
+        self.health.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        self.health.stop()
+        if ev is None:
+            self.log.info("stopped", extra={"event": "stopped"})
+            return False
+        if isinstance(ev, (KeyboardInterrupt,)):
+            return True
+        if isinstance(ev, ConfigError):
+            self.log.error(str(ev))
+            raise SystemExit(2)
+        if isinstance(ev, (BrokerUnavailable, AwsUnavailable)):
+            self.log.error("giving up: %s", ev, extra={"event": "fatal"})
+            raise SystemExit(1)
+        logging.getLogger(f"workerpool.{self.process}").exception("crashed",
+                                                                  extra={"event": "fatal"})
+        return False

@@ -1,0 +1,70 @@
+"""Plain values the pure decisions work on: a worker as the table holds it, the ASG as AWS
+describes it. No I/O here; the adapters (store.py, asg.py) build these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["booting", "free", "leased", "draining", "dead"]
+STATUSES: tuple[Status, ...] = ("booting", "free", "leased", "draining", "dead")
+
+
+@dataclass(frozen=True)
+class Worker:
+    instance_id: str
+    status: Status
+    last_heartbeat: float
+    lease_expiry: float = 0.0  # 0 = no lease
+    user_id: str | None = None
+    healthy: bool = False
+    public_ip: str | None = None
+    private_ip: str | None = None
+    request_id: str | None = None
+    first_seen: float | None = None
+    reason: str | None = None  # why draining / dead
+    instance_type: str | None = None
+    availability_zone: str | None = None
+
+    def url(self, port: int) -> str:
+        return f"http://{self.public_ip or self.private_ip}:{port}"
+
+
+@dataclass(frozen=True)
+class AsgInstance:
+    instance_id: str
+    lifecycle_state: str  # Pending, InService, Terminating, ...
+    health_status: str = "Healthy"
+    protected: bool = False
+
+    @property
+    def leaving(self) -> bool:
+        return self.lifecycle_state.startswith(("Terminat", "Detach", "Standby"))
+
+
+@dataclass(frozen=True)
+class AsgState:
+    name: str
+    min_size: int
+    max_size: int
+    desired: int
+    instances: tuple[AsgInstance, ...] = field(default_factory=tuple)
+
+    @property
+    def live_ids(self) -> frozenset[str]:
+        return frozenset(i.instance_id for i in self.instances if not i.leaving)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One ASG scaling activity (DescribeScalingActivities)."""
+
+    activity_id: str
+    status_code: str  # Successful, Failed, Cancelled, InProgress, ...
+    status_message: str
+    description: str
+    start_time: float
+
+    @property
+    def failed(self) -> bool:
+        return self.status_code in ("Failed", "Cancelled")

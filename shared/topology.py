@@ -1,0 +1,80 @@
+"""The broker objects of PROTOCOL §2 and our internal ones, declared from this one place.
+
+``deploy/rabbitmq/definitions.json`` is generated from these tables (``workerpool
+definitions``) and a test checks the two agree, since a queue redeclared with other
+arguments is refused by the broker (406 PRECONDITION_FAILED).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CLAIMS = "workerpool.claims"
+LEASES = "workerpool.leases"
+AGENTS = "workerpool.agents"
+DEAD_LETTER = "workerpool.dead-letter"
+#: Claims that found no free worker wait here, in arrival order, held by ONE dispatcher.
+WAITING = "workerpool.claims.waiting"
+#: Dispatcher → scaler: shortage and leased events (bounded: old events are worthless).
+SCALING = "workerpool.scaling"
+#: Scaler → every dispatcher: whether the pool can grow (fanout; each binds its own queue).
+CAPACITY_EXCHANGE = "workerpool.capacity"
+
+#: Header that says why a message was dead-lettered by a service.
+REASON_HEADER = "x-workerpool-reason"
+#: Header that names the queue a dead-lettered message came from.
+SOURCE_HEADER = "x-workerpool-source-queue"
+#: Header set on waiting claims: epoch seconds when the claim first arrived.
+ARRIVED_HEADER = "x-workerpool-arrived-at"
+
+DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    purpose: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+def _quorum(**extra: Any) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": DEAD_LETTER,
+        "x-delivery-limit": DELIVERY_LIMIT,
+        **extra,
+    }
+
+
+QUEUES: tuple[QueueSpec, ...] = (
+    QueueSpec(DEAD_LETTER, "messages no service could use, with x-workerpool-reason",
+              {"x-queue-type": "quorum"}),
+    QueueSpec(CLAIMS, "claim requests from clients; dispatchers compete", _quorum()),
+    QueueSpec(LEASES, "release and renew requests from clients; dispatchers compete", _quorum()),
+    QueueSpec(AGENTS, "register / heartbeat / deregister from worker agents", _quorum()),
+    QueueSpec(WAITING, "claims waiting for a free worker, served in arrival order by one "
+              "dispatcher", _quorum(**{"x-single-active-consumer": True})),
+    QueueSpec(SCALING, "shortage and leased events for the active scaler",
+              _quorum(**{"x-max-length": 1000, "x-overflow": "drop-head"})),
+)
+
+EXCHANGES: tuple[tuple[str, str], ...] = ((CAPACITY_EXCHANGE, "fanout"),)
+
+
+def definitions(vhost: str = "/") -> dict[str, Any]:
+    """A RabbitMQ definitions document for the queues and exchanges above."""
+    return {
+        "queues": [
+            {"name": q.name, "vhost": vhost, "durable": True, "auto_delete": False,
+             "arguments": q.arguments}
+            for q in QUEUES
+        ],
+        "exchanges": [
+            {"name": name, "vhost": vhost, "type": kind, "durable": True, "auto_delete": False,
+             "internal": False, "arguments": {}}
+            for name, kind in EXCHANGES
+        ],
+        "bindings": [],
+    }

@@ -1,0 +1,99 @@
+"""Shared fixtures: the real broker at AMQP_URL, one moto server for the session (reset per
+test), settings built the way the processes build them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared import topology
+from shared.config import Settings, parse_settings
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    from shared.broker import connect
+    from shared.errors import BrokerUnavailable
+
+    try:
+        connect(AMQP_URL, "tests").close()
+    except BrokerUnavailable as exc:
+        pytest.fail(f"RabbitMQ does not answer at AMQP_URL ({exc}); start it with "
+                    "`rabbitmq-server -detached` (.ci/run does this)")
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One ThreadedMotoServer for the whole session (stop() costs ~0.5 s)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str) -> str:
+    """A clean moto (POST /moto-api/reset) for this test; returns the endpoint URL."""
+    req = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+    return moto_endpoint
+
+
+@pytest.fixture
+def clean_queues(amqp_url: str) -> str:
+    """Every workerpool queue declared and empty (tests share one broker)."""
+    from shared.broker import purge
+
+    purge(amqp_url, "tests", [q.name for q in topology.QUEUES])
+    return amqp_url
+
+
+@pytest.fixture
+def settings(aws: str, amqp_url: str) -> Settings:
+    return parse_settings(amqp_url=amqp_url, aws_endpoint_url=aws, health_port=0)
+
+
+@pytest.fixture
+def pool(settings: Settings, clean_queues: str) -> Settings:
+    """Table and ASG bootstrapped in a clean moto; queues empty."""
+    from shared.bootstrap import bootstrap
+
+    bootstrap(settings)
+    return settings
+
+
+def env_for(settings: Settings, **extra: Any) -> dict[str, str]:
+    """The environment a real process needs to join the same broker and moto."""
+    env = {
+        "AMQP_URL": settings.amqp_url,
+        "AWS_ENDPOINT_URL": settings.aws_endpoint_url or "",
+        "AWS_REGION": settings.aws_region,
+        "TABLE_NAME": settings.table_name,
+        "ASG_NAME": settings.asg_name,
+        "HEALTH_PORT": "0",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    env.update({k.upper(): str(v) for k, v in extra.items()})
+    return env
