@@ -1,0 +1,42 @@
+"""One active replica among several: a lock item with a lease in DynamoDB (store.acquire_lock).
+
+The active one renews every loop; a replica that dies stops renewing and another takes over
+after ``ttl`` seconds. Decisions never depend on being active; only the loop asks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.errors import AwsError, AwsUnavailable
+from shared.store import Store
+
+log = logging.getLogger("workerpool.leader")
+
+
+class Leadership:
+    def __init__(self, store: Store, *, name: str, owner: str, ttl: float) -> None:
+        self.store, self.name, self.owner, self.ttl = store, name, owner, ttl
+        self.active = False
+
+    def refresh(self, now: float) -> bool:
+        """Take or keep the lock; returns whether this replica is the active one now."""
+        try:
+            got = self.store.acquire_lock(self.name, owner=self.owner, ttl=self.ttl, now=now)
+        except (AwsUnavailable, AwsError) as exc:
+            log.warning("lock refresh failed", extra={"lock": self.name, "error": str(exc)})
+            got = False
+        if got != self.active:
+            log.info("became active" if got else "standing by",
+                     extra={"event": "active" if got else "standby", "lock": self.name,
+                            "owner": self.owner})
+        self.active = got
+        return got
+
+    def resign(self) -> None:
+        if self.active:
+            try:
+                self.store.release_lock(self.name, owner=self.owner)
+            except (AwsUnavailable, AwsError):
+                pass
+            self.active = False
