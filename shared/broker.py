@@ -55,6 +55,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 JSON = "application/json"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def _mandatory(routing_key: str, requested: bool) -> bool:
+    """Direct reply-to names are "not a queue" to the broker: a mandatory publish to one is
+    always returned, even when delivered. So replies there go without mandatory, and a reply
+    to a client that has gone is dropped by the broker (at-most-once, as documented)."""
+    return requested and not routing_key.startswith(DIRECT_REPLY_TO)
 
 
 def connection_parameters(url: str, name: str) -> pika.URLParameters:
@@ -110,7 +118,7 @@ def properties(
     )
 
 
-def _retrying(what: str, max_seconds: float) -> Retrying:
+def _retrying(max_seconds: float) -> Retrying:
     return Retrying(
         retry=retry_if_exception_type(BrokerUnavailable),
         wait=wait_exponential_jitter(initial=0.2, max=5),
@@ -158,7 +166,7 @@ class Publisher:
             reply_to=reply_to, correlation_id=correlation_id, headers=headers,
             persistent=persistent,
         )
-        for attempt in _retrying("publish", self._give_up_after):
+        for attempt in _retrying(self._give_up_after):
             with attempt:
                 self._publish_once(exchange, routing_key, body, props, mandatory)
 
@@ -167,7 +175,8 @@ class Publisher:
     ) -> None:
         try:
             channel = self._ensure()
-            channel.basic_publish(exchange, key, body, props, mandatory=mandatory)
+            channel.basic_publish(exchange, key, body, props,
+                                  mandatory=_mandatory(key, mandatory))
         except pe.UnroutableError as exc:
             raise Unroutable(f"no queue took the message for {key!r}") from exc
         except pe.NackError as exc:
@@ -218,7 +227,7 @@ class Broker:
 
     def declare(self) -> None:
         """Declare the topology once on a short-lived connection."""
-        for attempt in _retrying("declare", 30):
+        for attempt in _retrying(30):
             with attempt:
                 conn = connect(self.url, self.name)
                 try:
@@ -473,19 +482,31 @@ class Consumer:
             raise BrokerUnavailable("not connected")
         try:
             self._pub_channel.basic_publish(
-                exchange, routing_key, body, properties(**props), mandatory=mandatory
+                exchange, routing_key, body, properties(**props),
+                mandatory=_mandatory(routing_key, mandatory),
             )
         except pe.UnroutableError as exc:
             raise Unroutable(f"no queue took the message for {routing_key!r}") from exc
 
     def call_soon(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the consumer thread (from any thread)."""
+        """Run ``fn`` on the consumer thread (from any thread). Its errors are logged, not
+        raised into the consume loop (a connection error still triggers a reconnect)."""
         conn = self._conn
-        if conn is not None:
+        if conn is None:
+            return
+
+        def guarded() -> None:
             try:
-                conn.add_callback_threadsafe(fn)
+                fn()
             except CONNECTION_ERRORS:
-                pass
+                raise
+            except Exception:
+                log.exception("callback on the consumer thread failed")
+
+        try:
+            conn.add_callback_threadsafe(guarded)
+        except CONNECTION_ERRORS:
+            pass
 
     def pause(self, queue: str) -> None:
         """Stop taking new messages from ``queue`` (consumer thread only)."""
