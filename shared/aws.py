@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,10 +51,28 @@ THROTTLING = {
 }
 
 
+#: When set, every AWS operation a process performs is appended to this file as
+#: ``<signing-name>:<Operation>`` (the IAM least-privilege test reads it).
+RECORD_ENV = "WORKERPOOL_RECORD_AWS_CALLS"
+
+
+def _recorder(path: str) -> Callable[..., None]:
+    def record(model: Any, **_: Any) -> None:
+        prefix = model.service_model.signing_name
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{prefix}:{model.name}\n")
+
+    return record
+
+
 def client(service: str, *, region: str, endpoint_url: str | None = None) -> Any:
     """A boto3 client; AWS_ENDPOINT_URL (moto) is honoured when ``endpoint_url`` is given."""
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
-                        config=BOTO_CONFIG)
+    c = boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
+                     config=BOTO_CONFIG)
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        c.meta.events.register("before-call", _recorder(path))
+    return c
 
 
 T = TypeVar("T")
