@@ -24,7 +24,8 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from shared.errors import AwsError, AwsUnavailable
@@ -112,7 +113,7 @@ def aws_call(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         retrying = Retrying(
             retry=retry_if_exception_type(AwsUnavailable),
-            wait=wait_exponential_jitter(initial=0.2, max=3),
+            wait=wait_exponential(multiplier=0.2, max=3) + wait_random(0, 0.2),
             stop=stop_after_attempt(3),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,

@@ -34,7 +34,8 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from shared import topology
@@ -121,7 +122,7 @@ def properties(
 def _retrying(max_seconds: float) -> Retrying:
     return Retrying(
         retry=retry_if_exception_type(BrokerUnavailable),
-        wait=wait_exponential_jitter(initial=0.2, max=5),
+        wait=wait_exponential(multiplier=0.2, max=5) + wait_random(0, 0.2),
         stop=stop_after_delay(max_seconds),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
@@ -349,7 +350,7 @@ class Consumer:
     def _connect_with_backoff(self) -> None:
         retry = Retrying(
             retry=retry_if_exception_type(BrokerUnavailable),
-            wait=wait_exponential_jitter(initial=0.5, max=10),
+            wait=wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5),
             stop=lambda state: self._stop.is_set(),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,

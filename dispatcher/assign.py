@@ -1,0 +1,280 @@
+"""The dispatcher's judgement, as pure functions: state + ``now`` + settings in, decisions out.
+
+Nothing here does I/O or reads the clock; ``loop.py`` reads the table and the broker, asks
+these functions what to do, and does it. Each function is tested as a table of cases in
+``tests/unit/test_dispatcher_assign.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.clock import iso
+from shared.messages import ClaimReply, LeaseReply, WorkerInfo
+from shared.state import AsgState, Worker
+
+#: A scaler's "capacity cannot grow" is believed this long after it was sent: a scaler that
+#: died must not keep every future claim unavailable.
+CAPACITY_FRESH_SECONDS = 60.0
+#: A shortage event is repeated this often while the pool stays short.
+SHORTAGE_REPEAT_SECONDS = 5.0
+#: The ASG membership cache is refreshed at most this often (DescribeAutoScalingGroups).
+ASG_REFRESH_SECONDS = 1.0
+
+
+# --- values the loop hands in -------------------------------------------------------------
+@dataclass(frozen=True)
+class Capacity:
+    """The latest CapacityStatus from the scaler (``sent_at`` in epoch seconds)."""
+
+    ok: bool
+    reason: str | None
+    desired: int | None
+    max_size: int | None
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A waiting claim as the waiting room sees it (``key`` identifies it to the loop)."""
+
+    key: int
+    request_id: str
+    user_id: str
+    arrived_at: float
+    wait_seconds: int
+
+    @property
+    def deadline(self) -> float:
+        return self.arrived_at + self.wait_seconds
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the dispatcher last knew about the pool, for the wording of reasons."""
+
+    free: int | None
+    target: int
+    asg: AsgState | None = None
+
+
+@dataclass(frozen=True)
+class WaitPlan:
+    """``expire``: (waiter key, reason) to answer ``unavailable`` now; ``serve``: waiter keys
+    to try to assign, oldest first."""
+
+    expire: tuple[tuple[int, str], ...]
+    serve: tuple[int, ...]
+
+
+# --- a claim ------------------------------------------------------------------------------
+ClaimStep = Literal["repeat", "existing", "lease"]
+
+
+def claim_step(recalled: dict[str, Any] | None, held: Sequence[Worker], max_leases: int
+               ) -> ClaimStep:
+    """What to do with a valid claim before looking for a free worker.
+
+    ``repeat``: this (user, request_id) was answered before: answer the same outcome.
+    ``existing``: the user already holds MAX_LEASES_PER_USER leases: give one back.
+    ``lease``: look for a free worker.
+    """
+    if recalled is not None:
+        return "repeat"
+    if len(held) >= max_leases:
+        return "existing"
+    return "lease"
+
+
+def no_free_worker(wait_seconds: int) -> Literal["unavailable", "wait"]:
+    """``wait_seconds: 0`` means a free worker now or ``unavailable`` now (PROTOCOL §3)."""
+    return "unavailable" if wait_seconds <= 0 else "wait"
+
+
+def arrived_at(header: Any, now: float) -> float:
+    """First arrival of a claim: the header a previous hop set, else now. A header that is
+    not a sane epoch (garbled, or in the future) is replaced by now."""
+    if isinstance(header, (int, float)) and not isinstance(header, bool) and 0 < header <= now:
+        return float(header)
+    return now
+
+
+def reserve_capacity(capacity: Capacity | None, now: float) -> Capacity | None:
+    """The scaler's verdict if it says "cannot grow" and is recent enough to believe."""
+    if capacity is None or capacity.ok:
+        return None
+    if now - capacity.sent_at > CAPACITY_FRESH_SECONDS:
+        return None
+    return capacity
+
+
+# --- the waiting room -----------------------------------------------------------------------
+def plan_waiting(waiters: Sequence[Waiter], now: float, pool: PoolView) -> WaitPlan:
+    """Waiters past their deadline are answered ``unavailable``; the others are tried in
+    arrival order (oldest first, ties by delivery order)."""
+    expire: list[tuple[int, str]] = []
+    serve: list[Waiter] = []
+    for w in waiters:
+        if now >= w.deadline:
+            expire.append((w.key, timeout_reason(w.wait_seconds, pool)))
+        else:
+            serve.append(w)
+    serve.sort(key=lambda w: (w.arrived_at, w.key))
+    return WaitPlan(expire=tuple(expire), serve=tuple(w.key for w in serve))
+
+
+def blocked_waiters(remaining: Sequence[Waiter], capacity: Capacity | None, now: float
+                    ) -> tuple[tuple[int, str], ...]:
+    """After assigning what was free: if the scaler says the pool cannot grow, the waiters
+    left over cannot succeed, so they are answered now with its reason."""
+    verdict = reserve_capacity(capacity, now)
+    if verdict is None:
+        return ()
+    reason = capacity_reason(verdict)
+    return tuple((w.key, reason) for w in remaining)
+
+
+# --- wording an operator can act on ------------------------------------------------------
+def _asg_words(pool: PoolView, capacity: Capacity | None = None) -> str:
+    desired = capacity.desired if capacity and capacity.desired is not None else (
+        pool.asg.desired if pool.asg else None)
+    max_size = capacity.max_size if capacity and capacity.max_size is not None else (
+        pool.asg.max_size if pool.asg else None)
+    if desired is None or max_size is None:
+        return "ASG size unknown"
+    at_max = " (at MaxSize)" if desired >= max_size else ""
+    return f"ASG desired {desired}/max {max_size}{at_max}"
+
+
+def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
+    """Why a claim that waited its whole wait got no worker."""
+    free = "unknown" if pool.free is None else str(pool.free)
+    if wait_seconds <= 0:
+        head = "no free worker right now (wait_seconds is 0)"
+    else:
+        head = f"no worker became free within {wait_seconds} s"
+    return (f"{head}; the pool has {free} free of target {pool.target}, "
+            f"{_asg_words(pool)}; see `workerpool status` and the ASG's activity")
+
+
+def capacity_reason(capacity: Capacity) -> str:
+    """Why a claim cannot be served while the scaler says the pool cannot grow."""
+    why = capacity.reason or "the scaler reports that capacity cannot grow"
+    sizes = ""
+    if capacity.desired is not None and capacity.max_size is not None:
+        sizes = f" (ASG desired {capacity.desired}/max {capacity.max_size})"
+    return f"no worker free and the pool cannot grow: {why}{sizes}"
+
+
+def not_in_asg_reason(instance_id: str, asg_name: str) -> str:
+    return f"instance {instance_id} is not in Auto Scaling Group {asg_name}"
+
+
+# --- replies --------------------------------------------------------------------------------
+def assigned_reply(request_id: str, worker: Worker, port: int) -> ClaimReply:
+    """``assigned`` with the worker's addresses and its current lease expiry."""
+    return ClaimReply(
+        request_id=request_id, status="assigned", reason=None,
+        worker=WorkerInfo(instance_id=worker.instance_id, public_ip=worker.public_ip,
+                          private_ip=worker.private_ip, url=worker.url(port), password=None),
+        lease_expiry=iso(worker.lease_expiry) if worker.lease_expiry else None,
+    )
+
+
+def repeated_claim_reply(request_id: str, outcome: dict[str, Any], worker: Worker | None,
+                         port: int) -> ClaimReply:
+    """The same outcome for a repeated request_id. For ``assigned``: the same worker, with
+    its current lease expiry (only renew extends it)."""
+    status = outcome.get("status")
+    if status == "assigned" and outcome.get("instance_id"):
+        if worker is None:  # recycled since: the same worker, as far as we still know it
+            worker = Worker(instance_id=str(outcome["instance_id"]), status="draining",
+                            last_heartbeat=0.0)
+        return assigned_reply(request_id, worker, port)
+    if status == "unavailable":
+        return ClaimReply(request_id=request_id, status="unavailable",
+                          reason=outcome.get("reason"))
+    return ClaimReply(request_id=request_id, status="rejected",
+                      reason="request_id: already used by a release or renew of this user")
+
+
+def unavailable_outcome(reason: str) -> dict[str, Any]:
+    return {"status": "unavailable", "reason": reason}
+
+
+# --- leases ---------------------------------------------------------------------------------
+LEASE_STATUSES = ("released", "renewed", "not_found")
+
+
+def repeated_lease_reply(request_id: str, outcome: dict[str, Any]) -> LeaseReply:
+    """The same outcome for a repeated release/renew request_id."""
+    status = outcome.get("status")
+    if status in LEASE_STATUSES:
+        return LeaseReply(request_id=request_id, status=status,
+                          instance_id=outcome.get("instance_id"),
+                          lease_expiry=outcome.get("lease_expiry"))
+    return LeaseReply(request_id=request_id, status="rejected",
+                      reason="request_id: already used by a claim of this user")
+
+
+def release_was_ours(item: dict[str, Any] | None, user_id: str) -> bool:
+    """A release whose conditional write failed because this user's release already landed
+    (a redelivery after a crash between write and reply) still answers ``released``."""
+    return bool(item and item.get("status") == "draining" and item.get("userId") == user_id
+                and item.get("reason") == "released")
+
+
+def lease_reply_outcome(reply: LeaseReply) -> dict[str, Any]:
+    return {"status": reply.status, "instance_id": reply.instance_id,
+            "lease_expiry": reply.lease_expiry}
+
+
+# --- registration ---------------------------------------------------------------------------
+AsgLookup = Literal["known", "unknown", "refresh"]
+
+
+def asg_lookup(instance_id: str, live_ids: frozenset[str], refreshed_at: float | None,
+               seen_at: float) -> AsgLookup:
+    """Is the instance in the ASG? ``refresh`` when the cache may predate the instance: it
+    misses and was last refreshed before the message arrived."""
+    if instance_id in live_ids:
+        return "known"
+    if refreshed_at is not None and refreshed_at >= seen_at:
+        return "unknown"
+    return "refresh"
+
+
+def refresh_delay(refreshed_at: float | None, now: float) -> float:
+    """Seconds to wait before the next DescribeAutoScalingGroups (at most one a second)."""
+    if refreshed_at is None:
+        return 0.0
+    return max(0.0, refreshed_at + ASG_REFRESH_SECONDS - now)
+
+
+# --- shortage -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShortageSent:
+    free: int
+    waiting: int
+    at: float
+
+
+def shortage_due(free: int, waiting: int, last: ShortageSent | None, now: float,
+                 target: int) -> bool:
+    """Tell the scaler when the pool is short (free below target, or claims waiting) and
+    the counts changed since the last event, or it has been a while (one event per change;
+    the scaler also reconciles on its own)."""
+    if free >= target and waiting == 0:
+        return False
+    if last is None or (last.free, last.waiting) != (free, waiting):
+        return True
+    return now - last.at >= SHORTAGE_REPEAT_SECONDS
+
+
+# --- heartbeats -----------------------------------------------------------------------------
+def latest_heartbeat(beats: Sequence[tuple[float, bool]]) -> tuple[float, bool]:
+    """Of several heartbeats of one instance waiting to be written, the newest wins (one
+    DynamoDB write instead of several): (sent_at, healthy)."""
+    return max(beats, key=lambda b: b[0])

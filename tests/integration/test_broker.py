@@ -1,0 +1,211 @@
+"""The broker layer against the real RabbitMQ: confirms, redelivery, dead-lettering,
+reconnects (through a cuttable proxy, and once through a real broker restart)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shared import topology
+from shared.broker import Broker, Consumer, Delivery, RpcClient, get_one, queue_depths
+from shared.messages import ClaimReply, ClaimRequest, decode
+from tests.helpers import wait_for
+from tests.proxy import CuttableProxy
+
+
+def run_consumer(consumer: Consumer) -> threading.Thread:
+    t = threading.Thread(target=consumer.run, daemon=True)
+    t.start()
+    assert consumer.connected.wait(10), "consumer did not connect"
+    return t
+
+
+@pytest.fixture
+def url(clean_queues: str) -> str:
+    return clean_queues
+
+
+@pytest.fixture
+def proxy() -> Iterator[CuttableProxy]:
+    p = CuttableProxy()
+    yield p
+    p.close()
+
+
+def vhost_of(url: str) -> str:
+    return url.rsplit("/", 1)[1] or "%2F"
+
+
+def test_a_message_survives_a_consumer_that_dies_before_acking(url: str) -> None:
+    Broker(url, "test").publish(topology.CLAIMS, b'{"request_id": "r1", "user_id": "a"}')
+    first = Consumer(url, "dispatcher@first", prefetch=1)
+    got_first: list[Delivery] = []
+    first.subscribe(topology.CLAIMS, got_first.append)  # never acks
+    t1 = run_consumer(first)
+    wait_for(lambda: got_first, what="first delivery")
+    first.stop()  # dies holding the message unacked
+    t1.join(10)
+
+    second = Consumer(url, "dispatcher@second", prefetch=1)
+    got_second: list[Delivery] = []
+
+    def handle(d: Delivery) -> None:
+        got_second.append(d)
+        d.ack()
+
+    second.subscribe(topology.CLAIMS, handle)
+    t2 = run_consumer(second)
+    wait_for(lambda: got_second, what="redelivery to the next consumer")
+    second.stop()
+    t2.join(10)
+    assert got_second[0].body == got_first[0].body and got_second[0].redelivered
+    assert queue_depths(url, "test", [topology.CLAIMS])[topology.CLAIMS] == 0
+
+
+def test_a_malformed_message_is_dead_lettered_with_its_reason_and_the_next_is_consumed(
+        url: str) -> None:
+    broker = Broker(url, "test")
+    broker.publish(topology.CLAIMS, b"{oops")
+    broker.publish(topology.CLAIMS, b'{"request_id": "r2", "user_id": "bob"}')
+    consumed: list[str] = []
+    c = Consumer(url, "dispatcher@test", prefetch=1)
+
+    def handle(d: Delivery) -> None:
+        consumed.append(decode(ClaimRequest, d.body).request_id)  # raises InvalidMessage
+        d.ack()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    wait_for(lambda: consumed, what="the valid message behind the bad one")
+    c.stop()
+    t.join(10)
+    assert consumed == ["r2"]
+    dead = get_one(url, "test", topology.DEAD_LETTER)
+    assert dead is not None
+    body, headers = dead
+    assert body == b"{oops"
+    assert headers[topology.REASON_HEADER].startswith("body is not valid JSON")
+    assert headers[topology.SOURCE_HEADER] == topology.CLAIMS
+
+
+def test_a_reply_reaches_the_client_on_direct_reply_to_with_its_correlation_id(url: str
+                                                                               ) -> None:
+    c = Consumer(url, "dispatcher@test")
+
+    def handle(d: Delivery) -> None:
+        claim = decode(ClaimRequest, d.body)
+        assert d.reply_to
+        c.publish_here(d.reply_to, ClaimReply(request_id=claim.request_id,
+                                              status="unavailable", reason="test").to_json(),
+                       correlation_id=d.correlation_id)
+        d.ack()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    rpc = RpcClient(url, "cli@test")
+    reply = json.loads(rpc.call(topology.CLAIMS, b'{"request_id": "r9", "user_id": "a"}', 10))
+    rpc.close()
+    c.stop()
+    t.join(10)
+    assert reply["request_id"] == "r9" and reply["status"] == "unavailable"
+
+
+def test_acks_from_worker_threads_after_a_reconnect_are_dropped_not_doubled(
+        url: str, proxy: CuttableProxy) -> None:
+    """Messages in hand when the connection drops are redelivered once; a late ack for the
+    old channel is dropped instead of closing the new channel with an unknown tag."""
+    purl = proxy.url(vhost_of(url))
+    broker = Broker(url, "test")
+    for k in range(10):
+        broker.publish(topology.CLAIMS, json.dumps({"request_id": f"r{k}",
+                                                    "user_id": "a"}).encode())
+    done: dict[str, int] = {}
+    held: list[Delivery] = []
+    c = Consumer(purl, "dispatcher@test", prefetch=20)
+
+    def handle(d: Delivery) -> None:
+        rid = decode(ClaimRequest, d.body).request_id
+        if len(held) < 3 and not d.redelivered:
+            held.append(d)  # acked late, from another thread, after the cut
+            return
+        done[rid] = done.get(rid, 0) + 1
+        threading.Thread(target=d.ack).start()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    wait_for(lambda: len(done) >= 7, what="first deliveries")
+    proxy.cut(refuse_for=1.0)
+    for d in held:
+        threading.Thread(target=d.ack).start()
+    wait_for(lambda: len(done) == 10, timeout=30, what="redelivery of the held messages")
+    time.sleep(0.5)
+    c.stop()
+    t.join(10)
+    assert sorted(done) == sorted(f"r{k}" for k in range(10))
+    assert queue_depths(url, "test", [topology.CLAIMS])[topology.CLAIMS] == 0
+
+
+def test_the_consumer_resumes_after_the_connection_is_cut_and_loses_nothing(
+        url: str, proxy: CuttableProxy) -> None:
+    purl = proxy.url(vhost_of(url))
+    seen: set[str] = set()
+    c = Consumer(purl, "dispatcher@test", prefetch=5)
+
+    def handle(d: Delivery) -> None:
+        seen.add(decode(ClaimRequest, d.body).request_id)
+        d.ack()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    publisher = Broker(purl, "client@test").publisher()
+    publisher.publish(topology.CLAIMS, b'{"request_id": "before", "user_id": "a"}')
+    wait_for(lambda: "before" in seen, what="message before the cut")
+    proxy.cut(refuse_for=2.0)
+    # the publisher retries through the outage (jittered backoff) and succeeds after it
+    publisher.publish(topology.CLAIMS, b'{"request_id": "after", "user_id": "a"}')
+    wait_for(lambda: "after" in seen, timeout=30, what="message after the outage")
+    c.stop()
+    t.join(10)
+    publisher.close()
+    assert seen == {"before", "after"}
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None or os.environ.get("WORKERPOOL_SKIP_BROKER_RESTART"),
+    reason="needs rabbitmqctl on this machine (set WORKERPOOL_SKIP_BROKER_RESTART to skip)")
+
+
+@needs_rabbitmqctl
+def test_the_broker_layer_resumes_after_a_real_broker_restart_with_no_message_lost(url: str
+                                                                                   ) -> None:
+    seen: list[str] = []
+    c = Consumer(url, "dispatcher@test", prefetch=5)
+
+    def handle(d: Delivery) -> None:
+        seen.append(decode(ClaimRequest, d.body).request_id)
+        d.ack()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    broker = Broker(url, "client@test")
+    broker.publish(topology.CLAIMS, b'{"request_id": "m1", "user_id": "a"}')
+    wait_for(lambda: "m1" in seen, what="m1")
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=60)
+    try:
+        time.sleep(1)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=False, timeout=120)
+    broker.publish(topology.CLAIMS, b'{"request_id": "m2", "user_id": "a"}')
+    wait_for(lambda: "m2" in seen, timeout=60, what="m2 after the restart")
+    c.stop()
+    t.join(10)
+    broker.close()
+    assert seen.count("m1") == 1 and seen.count("m2") == 1

@@ -1,0 +1,192 @@
+"""The table layer against moto: conditional state changes, index queries, no Scans."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.errors import ConditionFailed
+from shared.store import RequestSeen, Store, UserAtLimit
+
+
+@pytest.fixture
+def store(settings: Settings) -> Store:
+    s = Store(table=settings.table_name, region=settings.aws_region,
+              endpoint_url=settings.aws_endpoint_url)
+    s.create_table()
+    return s
+
+
+def register(store: Store, n: int, now: float) -> list[str]:
+    ids = [f"i-{k:017x}" for k in range(1, n + 1)]
+    for k, iid in enumerate(ids):
+        store.register(iid, now=now + k * 0.001, private_ip=f"10.0.0.{k + 1}", public_ip=None)
+    return ids
+
+
+def operations(store: Store) -> Counter[str]:
+    """Count the DynamoDB operations this store's client performs from now on."""
+    seen: Counter[str] = Counter()
+
+    def hook(model: Any, **_: Any) -> None:
+        seen[model.name] += 1
+
+    store.db.meta.events.register("before-call.dynamodb", hook)
+    return seen
+
+
+def test_twenty_threads_leasing_one_worker_give_exactly_one_winner(store: Store) -> None:
+    now = time.time()
+    (iid,) = register(store, 1, now)
+    worker = store.get(iid)
+    assert worker is not None
+    results: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def attempt(k: int) -> None:
+        barrier.wait()
+        try:
+            store.lease(worker, user_id=f"user{k}", request_id=f"r{k}", lease_seconds=60,
+                        now=now, max_leases=1, remember_seconds=86400)
+            results.append(f"won:user{k}")
+        except ConditionFailed:
+            results.append("taken")
+
+    threads = [threading.Thread(target=attempt, args=(k,)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r.startswith("won")]
+    assert len(winners) == 1 and results.count("taken") == 19
+    item = store.get(iid)
+    assert item is not None and item.status == "leased"
+    assert f"won:{item.user_id}" == winners[0]
+
+
+def test_finding_a_free_worker_is_a_query_and_never_a_scan(store: Store) -> None:
+    register(store, 30, time.time())
+    ops = operations(store)
+    free = store.find_free(limit=5)
+    assert len(free) == 5 and all(w.status == "free" for w in free)
+    assert ops["Query"] >= 1 and ops["Scan"] == 0
+
+
+def test_an_unhealthy_free_worker_is_not_found_as_free(store: Store) -> None:
+    now = time.time()
+    a, b = register(store, 2, now)
+    store.heartbeat(a, healthy=False, now=now + 1)
+    assert [w.instance_id for w in store.find_free(limit=10)] == [b]
+
+
+def test_the_same_request_is_remembered_and_a_second_lease_refused(store: Store) -> None:
+    now = time.time()
+    a, b = register(store, 2, now)
+    wa, wb = store.get(a), store.get(b)
+    assert wa and wb
+    store.lease(wa, user_id="alice", request_id="r1", lease_seconds=60, now=now, max_leases=1,
+                remember_seconds=86400)
+    with pytest.raises(RequestSeen) as seen:
+        store.lease(wb, user_id="alice", request_id="r1", lease_seconds=60, now=now,
+                    max_leases=1, remember_seconds=86400)
+    assert seen.value.outcome == {"status": "assigned", "instance_id": a}
+    with pytest.raises(UserAtLimit):
+        store.lease(wb, user_id="alice", request_id="r2", lease_seconds=60, now=now,
+                    max_leases=1, remember_seconds=86400)
+    # another user's request with the same id is a different request
+    store.lease(wb, user_id="bob", request_id="r1", lease_seconds=60, now=now, max_leases=1,
+                remember_seconds=86400)
+    assert store.get(b).user_id == "bob"  # type: ignore[union-attr]
+    assert store.get(a).status == "leased"  # type: ignore[union-attr]
+
+
+def test_renew_and_release_only_by_the_holder_of_a_live_lease(store: Store) -> None:
+    now = time.time()
+    (a,) = register(store, 1, now)
+    w = store.lease(store.get(a), user_id="alice", request_id="r1",  # type: ignore[arg-type]
+                    lease_seconds=60, now=now, max_leases=1, remember_seconds=86400)
+    with pytest.raises(ConditionFailed):
+        store.renew(a, user_id="mallory", lease_seconds=600, now=now)
+    with pytest.raises(ConditionFailed):
+        store.release(a, user_id="mallory", now=now)
+    with pytest.raises(ConditionFailed):  # expired: renew refused
+        store.renew(a, user_id="alice", lease_seconds=600, now=w.lease_expiry + 1)
+    assert store.renew(a, user_id="alice", lease_seconds=600, now=now).lease_expiry == int(now + 600)
+    assert store.release(a, user_id="alice", now=now).status == "draining"
+    assert store.user_leases("alice") == []
+    with pytest.raises(ConditionFailed):  # released twice
+        store.release(a, user_id="alice", now=now)
+
+
+def test_expiry_loses_to_a_renew_that_landed_first(store: Store) -> None:
+    now = time.time()
+    (a,) = register(store, 1, now)
+    store.lease(store.get(a), user_id="alice", request_id="r1",  # type: ignore[arg-type]
+                lease_seconds=10, now=now, max_leases=1, remember_seconds=86400)
+    seen = store.expired_leases(now + 11)
+    assert [w.instance_id for w in seen] == [a]
+    store.renew(a, user_id="alice", lease_seconds=10, now=now + 5)  # lands between read and write
+    with pytest.raises(ConditionFailed):
+        store.expire(seen[0], now=now + 11)
+    assert store.get(a).status == "leased"  # type: ignore[union-attr]
+
+
+def test_a_dead_mark_loses_to_a_fresh_heartbeat(store: Store) -> None:
+    now = time.time()
+    (a,) = register(store, 1, now)
+    stale = store.by_status("free", heartbeat_before=now + 100)
+    store.heartbeat(a, healthy=True, now=now + 50)
+    with pytest.raises(ConditionFailed):
+        store.mark_dead(stale[0], now=now + 100)
+    assert store.get(a).status == "free"  # type: ignore[union-attr]
+
+
+def test_live_workers_cannot_be_confirmed_for_recycling(store: Store) -> None:
+    now = time.time()
+    a, b = register(store, 2, now)
+    with pytest.raises(ConditionFailed):
+        store.confirm_recyclable(a, now=now)
+    store.deregister(b, now=now)
+    assert store.confirm_recyclable(b, now=now).status == "draining"
+    assert store.remove(b, only_if_status=("draining", "dead")) is True
+    assert store.get(b) is None
+
+
+def test_registering_again_keeps_a_lease_and_a_draining_worker_stays_draining(store: Store
+                                                                              ) -> None:
+    now = time.time()
+    a, b = register(store, 2, now)
+    store.lease(store.get(a), user_id="alice", request_id="r1",  # type: ignore[arg-type]
+                lease_seconds=60, now=now, max_leases=1, remember_seconds=86400)
+    store.register(a, now=now + 1, private_ip="10.0.0.9", public_ip="3.3.3.3")
+    after = store.get(a)
+    assert after and after.status == "leased" and after.public_ip == "3.3.3.3"
+    store.deregister(b, now=now)
+    with pytest.raises(ConditionFailed):
+        store.register(b, now=now + 1, private_ip="10.0.0.2", public_ip=None)
+
+
+def test_a_booting_instance_becomes_free_when_it_registers(store: Store) -> None:
+    now = time.time()
+    assert store.track_booting("i-0000000000000abcd", now=now) is True
+    assert store.track_booting("i-0000000000000abcd", now=now) is False
+    assert store.count("booting") == 1
+    store.register("i-0000000000000abcd", now=now + 1, private_ip="10.1.1.1", public_ip=None)
+    assert store.count("booting") == 0 and store.count("free", healthy_only=True) == 1
+
+
+def test_the_lock_has_one_owner_until_its_lease_runs_out(store: Store) -> None:
+    now = time.time()
+    assert store.acquire_lock("scaler", owner="a", ttl=10, now=now)
+    assert not store.acquire_lock("scaler", owner="b", ttl=10, now=now + 5)
+    assert store.acquire_lock("scaler", owner="a", ttl=10, now=now + 5)
+    assert store.acquire_lock("scaler", owner="b", ttl=10, now=now + 16)
+
+
+def test_creating_the_table_twice_is_harmless(store: Store) -> None:
+    assert store.create_table() is False

@@ -1,0 +1,81 @@
+"""Configuration: every variable typed; a bad one stops the process with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import Settings, parse_settings, redact_url
+from shared.errors import ConfigError
+from tests.helpers import ROOT
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TARGET_AVAILABLE", "-1", "TARGET_AVAILABLE='-1': Input should be greater than or equal to 0"),
+        ("AMQP_URL", "nonsense", "AMQP_URL: must start with amqp:// or amqps://"),
+        ("HEARTBEAT_INTERVAL", "0", "HEARTBEAT_INTERVAL='0': Input should be greater than 0"),
+        ("HEARTBEAT_INTERVAL", "fast", "HEARTBEAT_INTERVAL='fast': Input should be a valid number"),
+        ("COOLDOWN_SECONDS", "-5", "COOLDOWN_SECONDS='-5'"),
+        ("LEASE_SECONDS", "5", "LEASE_SECONDS='5'"),
+        ("CLAIM_WAIT_SECONDS", "901", "CLAIM_WAIT_SECONDS='901'"),
+        ("MAX_LEASES_PER_USER", "0", "MAX_LEASES_PER_USER='0'"),
+        ("HEALTH_PORT", "70000", "HEALTH_PORT='70000'"),
+        ("AWS_ENDPOINT_URL", "localhost:5000", "AWS_ENDPOINT_URL='localhost:5000': must be an http"),
+        ("HEARTBEAT_TIMEOUT", "10", "HEARTBEAT_TIMEOUT: must be greater than HEARTBEAT_INTERVAL"),
+    ],
+)
+def test_each_bad_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch, variable: str,
+                                                value: str, expected: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as err:
+        parse_settings()
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_follow_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    s = parse_settings()
+    assert s.amqp_url == "amqp://guest:guest@localhost:5672/%2F"
+    assert (s.table_name, s.asg_name, s.target_available, s.cooldown_seconds) == (
+        "worker_pool", "workerpool-workers", 2, 30)
+    assert (s.heartbeat_interval, s.heartbeat_timeout) == (15, 45)
+    assert (s.lease_seconds, s.claim_wait_seconds, s.boot_timeout_seconds) == (3600, 300, 600)
+    assert (s.reap_interval, s.max_leases_per_user, s.asg_max_size) == (5, 1, 10)
+    assert s.port_for("dispatcher") == 9101
+
+
+def test_fractional_intervals_are_accepted_and_timeout_follows(monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    monkeypatch.setenv("HEARTBEAT_INTERVAL", "0.2")
+    monkeypatch.setenv("REAP_INTERVAL", "0.1")
+    s = parse_settings()
+    assert s.heartbeat_timeout == pytest.approx(0.6)
+    assert s.reap_interval == 0.1
+
+
+def test_a_password_in_amqp_url_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AMQP_URL", "amqp://svc:hunter2@host:notaport/")
+    with pytest.raises(ConfigError) as err:
+        parse_settings()
+    assert "hunter2" not in str(err.value)
+    assert redact_url("amqp://svc:hunter2@h:5672/v") == "amqp://svc:***@h:5672/v"
+
+
+@pytest.mark.parametrize(("variable", "value"), [("TARGET_AVAILABLE", "-1"),
+                                                 ("AMQP_URL", "nonsense"),
+                                                 ("HEARTBEAT_INTERVAL", "0")])
+def test_a_process_with_a_bad_variable_exits_2_with_one_line_and_no_traceback(
+        variable: str, value: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "bootstrap"], cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", variable: value},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert variable in lines[0] and "Traceback" not in proc.stderr
