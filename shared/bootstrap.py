@@ -17,7 +17,7 @@ def bootstrap(settings: Settings, *, broker: bool = True) -> dict[str, object]:
     store = Store(table=settings.table_name, region=settings.aws_region,
                   endpoint_url=settings.aws_endpoint_url)
     created_table = store.create_table()
-    log.info("table ready", extra={"table": settings.table_name, "created": created_table})
+    log.info("table ready", extra={"table": settings.table_name, "table_created": created_table})
     result: dict[str, object] = {"table": settings.table_name, "table_created": created_table}
     if settings.aws_endpoint_url:
         asg = Asg(name=settings.asg_name, region=settings.aws_region,
@@ -26,7 +26,7 @@ def bootstrap(settings: Settings, *, broker: bool = True) -> dict[str, object]:
             launch_template=settings.launch_template_name, ami_id=settings.worker_ami_id,
             instance_type=settings.worker_instance_type, max_size=settings.asg_max_size)
         log.info("auto scaling group ready",
-                 extra={"asg": settings.asg_name, "created": created,
+                 extra={"asg": settings.asg_name, "asg_created": created,
                         "max_size": settings.asg_max_size})
         result.update(asg=settings.asg_name, asg_created=created)
     else:

@@ -1,0 +1,22 @@
+"""code-server's health, as the agent sees it: GET {CODE_SERVER_URL}/healthz, 2xx in time."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from http.client import HTTPException
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+
+
+def probe_code_server(base_url: str, timeout: float) -> tuple[bool, str]:
+    """(healthy, reason): healthy when /healthz answers 2xx within ``timeout`` seconds."""
+    url = base_url.rstrip("/") + "/healthz"
+    try:
+        with _OPENER.open(url, timeout=timeout) as resp:
+            resp.read(1024)
+            return True, f"{url} answered {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url} answered {exc.code}"
+    except (OSError, HTTPException) as exc:
+        return False, f"{url} does not answer: {exc!r:.160}"
