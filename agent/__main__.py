@@ -1,0 +1,82 @@
+"""``python -m agent``: the worker agent on a VM (PROTOCOL §1, §4).
+
+Wiring only: settings → IMDS client, publisher, health checks → the loop in agent/loop.py.
+/health (HEALTH_PORT, default 9100) has two checks: ``code_server`` (its /healthz at the
+last heartbeat) and ``heartbeat`` (registered, and the last heartbeat confirmed by the
+broker within ~2 intervals). The ready line follows the first confirmed registration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from agent.heartbeat import Timing
+from agent.imds import Imds
+from agent.loop import Agent
+from shared.broker import Publisher, connect, declare_topology
+from shared.config import connection_name
+from shared.runtime import Runtime
+
+log = logging.getLogger("workerpool.agent")
+
+#: PROTOCOL §1 asks for an exit within 10 s of SIGTERM; this is the hard stop behind it.
+STOP_DEADLINE = 9.0
+
+
+def _hard_stop() -> None:
+    log.warning("still stopping after %gs; exiting without waiting further", STOP_DEADLINE,
+                extra={"event": "stopped"})
+    logging.shutdown()
+    os._exit(0)
+
+
+def main() -> int:
+    with Runtime("agent") as rt:
+        s = rt.settings
+        name = connection_name("agent")
+        timing = Timing(interval=s.heartbeat_interval)
+
+        def declare() -> None:
+            conn = connect(s.amqp_url, name)
+            try:
+                declare_topology(conn.channel())
+            finally:
+                conn.close()
+
+        publisher = Publisher(s.amqp_url, name, give_up_after=timing.give_up_after)
+        agent = Agent(
+            imds=Imds(endpoint=s.aws_ec2_metadata_service_endpoint),
+            publisher=publisher,
+            code_server_url=s.code_server_url,
+            timing=timing,
+            wait=rt.wait,
+            declare=declare,
+        )
+        rt.health.add_check("code_server", agent.code_server_check)
+        rt.health.add_check("heartbeat", agent.heartbeat_check)
+
+        def arm_deadline() -> None:
+            # set from the signal handler: whatever blocks (a publish into a dead broker),
+            # the process is gone before PROTOCOL's 10 s
+            timer = threading.Timer(STOP_DEADLINE, _hard_stop)
+            timer.daemon = True
+            timer.start()
+
+        rt.on_stop(arm_deadline)
+        log.info("starting", extra={"event": "starting", "imds": s.aws_ec2_metadata_service_endpoint,
+                                    "code_server_url": s.code_server_url,
+                                    "heartbeat_interval": s.heartbeat_interval,
+                                    "amqp_url": s.redacted_amqp_url()})
+        if agent.wait_for_identity() is not None:
+            assert agent.identity is not None
+            instance_id = agent.identity.instance_id
+            agent.run(on_first_registration=lambda: rt.ready(instance_id=instance_id))
+            agent.deregister()
+        publisher.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""A fake IMDSv2 and a fake code-server: real HTTP servers on free local ports.
+
+Used by the tests and by the simulated fleet (agent/fleet.py). moto's own metadata endpoint
+is a fixed stub (``i-fake``, any token accepted), so it cannot tell an IMDSv1 call apart;
+``FakeImds`` answers like the real IMDS with IMDSv2 required: a GET without a valid token
+gets 401, a PUT without a TTL header gets 400.
+
+    imds = FakeImds(instance_id="i-0abc", private_ip="10.0.1.5").start()
+    imds.url          # -> AWS_EC2_METADATA_SERVICE_ENDPOINT
+    imds.down = True  # connections dropped without an answer (IMDS unreachable)
+    imds.stop()
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+TOKEN_HEADER = "X-aws-ec2-metadata-token"
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    token: str | None  # the token header as sent (None: an IMDSv1-style request)
+
+
+class _Server:
+    """A ThreadingHTTPServer on 127.0.0.1:<free port> with start/stop."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._httpd.fake = self  # type: ignore[attr-defined]
+        self.port: int = self._httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Any:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
+                                        name=type(self).__name__)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def fake(self) -> Any:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def _send(self, code: int, body: str, ctype: str = "text/plain") -> None:
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _ImdsHandler(_Handler):
+    def _gate(self) -> bool:
+        """Record the request; False (connection dropped) while IMDS is "down"."""
+        fake: FakeImds = self.fake
+        fake.seen.append(SeenRequest(self.command, self.path, self.headers.get(TOKEN_HEADER)))
+        if fake.down:
+            self.close_connection = True
+            return False
+        return True
+
+    def do_PUT(self) -> None:  # noqa: N802
+        if not self._gate():
+            return
+        if self.path != "/latest/api/token":
+            self._send(403, "Forbidden")
+            return
+        try:
+            ttl = int(self.headers.get(TTL_HEADER, ""))
+        except ValueError:
+            ttl = 0
+        if not 1 <= ttl <= 21600:
+            self._send(400, "Bad Request")
+            return
+        self._send(200, self.fake._issue(ttl))
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._gate():
+            return
+        fake: FakeImds = self.fake
+        if not fake._valid(self.headers.get(TOKEN_HEADER)):
+            self._send(401, "Unauthorized")  # what IMDS says when IMDSv2 is required
+            return
+        prefix = "/latest/meta-data/"
+        value = fake.metadata().get(self.path[len(prefix):]) if self.path.startswith(
+            prefix) else None
+        if value is None:
+            self._send(404, "Not Found")
+        else:
+            self._send(200, value)
+
+
+class FakeImds(_Server):
+    """IMDSv2 for one instance. ``public_ip=None`` makes public-ipv4 a 404 (private subnet).
+
+    ``down``: connections are dropped unanswered. ``garbage``: instance-id answers HTML.
+    ``seen``: every request, so a test can assert no request came without a token.
+    """
+
+    def __init__(self, *, instance_id: str, private_ip: str | None = "10.0.1.5",
+                 public_ip: str | None = "3.1.2.3", instance_type: str = "t3.medium",
+                 availability_zone: str = "us-east-1a") -> None:
+        super().__init__(_ImdsHandler)
+        self.instance_id = instance_id
+        self.private_ip = private_ip
+        self.public_ip = public_ip
+        self.instance_type = instance_type
+        self.availability_zone = availability_zone
+        self.down = False
+        self.garbage = False
+        self.seen: list[SeenRequest] = []
+        self._tokens: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def metadata(self) -> dict[str, str | None]:
+        return {
+            "instance-id": "<html>oops</html>" if self.garbage else self.instance_id,
+            "local-ipv4": self.private_ip,
+            "public-ipv4": self.public_ip,
+            "instance-type": self.instance_type,
+            "placement/availability-zone": self.availability_zone,
+        }
+
+    def tokenless_requests(self) -> list[SeenRequest]:
+        """Requests that an IMDSv2-only instance would refuse (GETs without a token)."""
+        return [r for r in self.seen if r.method == "GET" and not r.token]
+
+    def revoke_tokens(self) -> None:
+        """As after an IMDS restart: every token issued so far is refused from now on."""
+        with self._lock:
+            self._tokens.clear()
+
+    def _issue(self, ttl: int) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = time.monotonic() + ttl
+        return token
+
+    def _valid(self, token: str | None) -> bool:
+        with self._lock:
+            expiry = self._tokens.get(token or "")
+        return expiry is not None and time.monotonic() < expiry
+
+
+class _CodeServerHandler(_Handler):
+    def do_GET(self) -> None:  # noqa: N802
+        fake: FakeCodeServer = self.fake
+        fake.probes += 1
+        if self.path.split("?")[0] != "/healthz":
+            self._send(404, "Not Found")
+        elif fake.healthy:
+            self._send(200, '{"status":"alive","lastHeartbeat":0}', "application/json")
+        else:
+            self._send(503, '{"status":"expired"}', "application/json")
+
+
+class FakeCodeServer(_Server):
+    """code-server's ``/healthz``: 200 while ``healthy``, else 503."""
+
+    def __init__(self) -> None:
+        super().__init__(_CodeServerHandler)
+        self.healthy = True
+        self.probes = 0

@@ -1,0 +1,207 @@
+"""The agent's loop: identity from IMDS, then register and heartbeat until asked to stop.
+
+Thin on purpose: ``agent.heartbeat`` decides what to do next; this module publishes, probes
+code-server, sleeps, and logs what an operator reading ``journalctl -u workerpool-agent``
+needs (what it waits for, every publish failure and recovery, every health flip).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import AGENT_VERSION
+from agent.health import probe_code_server
+from agent.heartbeat import (
+    BeatState,
+    Timing,
+    after_failure,
+    after_heartbeat,
+    after_register,
+    heartbeat_verdict,
+    next_step,
+)
+from agent.imds import Identity, Imds, ImdsBadAnswer, ImdsUnavailable
+from shared import topology
+from shared.broker import Publisher
+from shared.errors import TransientError, Unroutable
+from shared.messages import Deregister, Heartbeat, Message, Register, now_sent_at
+
+log = logging.getLogger("workerpool.agent")
+
+IMDS_MAX_WAIT = 10.0  # longest pause between two IMDS attempts while waiting for identity
+
+
+class Agent:
+    """One agent: ``wait_for_identity()``, ``run()``, then ``deregister()``.
+
+    ``wait(seconds)`` sleeps and returns True when the process is asked to stop (it is
+    ``Runtime.wait``), so every pause of the loop is also where SIGTERM is noticed.
+    """
+
+    def __init__(
+        self,
+        *,
+        imds: Imds,
+        publisher: Publisher,
+        code_server_url: str,
+        timing: Timing,
+        wait: Callable[[float], bool],
+        declare: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._imds = imds
+        self._pub = publisher
+        self._code_server_url = code_server_url
+        self.timing = timing
+        self._wait = wait
+        self._declare = declare
+        self._clock = clock
+        self._rand = rand
+        self.identity: Identity | None = None
+        self.state: BeatState | None = None
+        self.waiting_for: str | None = "waiting for identity from IMDS"
+        self.code_server: tuple[bool, str] = (False, "not probed yet")
+
+    # --- /health checks (called from the health server's threads; read-only) ----------
+    def heartbeat_check(self) -> tuple[bool, str]:
+        return heartbeat_verdict(self.state, self._clock(), self.timing, self.waiting_for)
+
+    def code_server_check(self) -> tuple[bool, str]:
+        return self.code_server
+
+    # --- identity -----------------------------------------------------------------------
+    def wait_for_identity(self) -> Identity | None:
+        """Ask IMDS until it answers well (never gives up); None if asked to stop first."""
+        delay = 0.5
+        while True:
+            try:
+                self.identity = self._imds.identity()
+            except (ImdsUnavailable, ImdsBadAnswer) as exc:
+                self.waiting_for = f"waiting for identity from IMDS: {exc}"
+            except Exception as exc:  # a bug must not kill the agent on a VM nobody watches
+                log.exception("reading IMDS failed unexpectedly")
+                self.waiting_for = f"waiting for identity from IMDS: {exc!r}"
+            else:
+                self.waiting_for = "waiting for the broker to confirm the registration"
+                log.info("identity from IMDS", extra={"event": "identity",
+                                                      **vars(self.identity)})
+                return self.identity
+            log.warning("waiting for IMDS", extra={"event": "waiting", "reason": self.waiting_for,
+                                                   "endpoint": self._imds.endpoint,
+                                                   "retry_in": delay})
+            if self._wait(delay):
+                return None
+            delay = min(delay * 2, IMDS_MAX_WAIT)
+
+    # --- register / heartbeat -----------------------------------------------------------
+    def run(self, on_first_registration: Callable[[], None] | None = None) -> None:
+        """Register and heartbeat until asked to stop. Never raises for broker trouble."""
+        assert self.identity is not None, "wait_for_identity() first"
+        state = self.state = BeatState()
+        while True:
+            now = self._clock()
+            step = next_step(state, now)
+            if step.action == "wait":
+                if self._wait(max(0.0, step.until - now)):
+                    return
+                continue
+            if step.action == "register":
+                error = self._publish(self._register(), "register", state)
+                if error is None:
+                    state = after_register(state, self._clock())
+                    self._log_registered(state)
+                    if state.registrations == 1 and on_first_registration is not None:
+                        on_first_registration()
+            else:
+                healthy = self._probe()
+                error = self._publish(self._heartbeat(healthy), "heartbeat", state)
+                if error is None:
+                    state = after_heartbeat(state, self._clock(), self.timing)
+                    log.debug("heartbeat confirmed", extra=self._ids(healthy=healthy))
+            if error is not None:
+                state = after_failure(state, self._clock(), self.timing, self._rand())
+                log.warning("%s not confirmed; will retry", step.action, extra=self._ids(
+                    event="publish_failed", error=error, failures=state.failures,
+                    retry_in=round(state.retry_at - self._clock(), 2)))
+            self.state = state
+
+    def deregister(self) -> bool:
+        """Tell the dispatchers we are going (reason "shutdown"); True if confirmed."""
+        if self.identity is None:
+            return False
+        msg = Deregister(type="deregister", instance_id=self.identity.instance_id,
+                         reason="shutdown", sent_at=now_sent_at())
+        error = self._publish(msg, "deregister", self.state or BeatState())
+        if error is None:
+            log.info("deregistered", extra=self._ids(event="deregistered"))
+        else:
+            log.warning("deregister not confirmed", extra=self._ids(
+                event="deregister_failed", error=error))
+        return error is None
+
+    # --- helpers ------------------------------------------------------------------------
+    def _register(self) -> Register:
+        ident = self.identity
+        assert ident is not None
+        return Register(type="register", instance_id=ident.instance_id,
+                        private_ip=ident.private_ip, public_ip=ident.public_ip,
+                        instance_type=ident.instance_type,
+                        availability_zone=ident.availability_zone,
+                        agent_version=AGENT_VERSION, sent_at=now_sent_at())
+
+    def _heartbeat(self, healthy: bool) -> Heartbeat:
+        assert self.identity is not None
+        return Heartbeat(type="heartbeat", instance_id=self.identity.instance_id,
+                         healthy=healthy, sent_at=now_sent_at())
+
+    def _probe(self) -> bool:
+        healthy, reason = probe_code_server(self._code_server_url, self.timing.probe_timeout)
+        if healthy != self.code_server[0]:
+            level = logging.INFO if healthy else logging.WARNING
+            log.log(level, "code-server %s", "healthy" if healthy else "unhealthy",
+                    extra=self._ids(event="code_server", healthy=healthy, reason=reason))
+        self.code_server = (healthy, reason)
+        return healthy
+
+    def _publish(self, msg: Message, what: str, state: BeatState) -> str | None:
+        """Publish with confirm; None when confirmed, else why not (in words)."""
+        try:
+            self._pub.publish(topology.AGENTS, msg.to_json())
+        except Unroutable:
+            # the queue is missing (a fresh broker): declare it, then the retry can land
+            self._try_declare()
+            return f"{topology.AGENTS} does not exist (declared it for the next try)"
+        except TransientError as exc:
+            return f"broker unreachable: {str(exc)[:300]}"
+        except Exception as exc:  # never crash on a VM: log it, back off, try again
+            log.exception("publish failed unexpectedly", extra=self._ids(kind=what))
+            return f"unexpected error: {exc!r:.300}"
+        if state.failures:
+            log.info("broker reachable again", extra=self._ids(
+                event="broker_back", kind=what, after_failures=state.failures))
+        return None
+
+    def _try_declare(self) -> None:
+        if self._declare is None:
+            return
+        try:
+            self._declare()
+        except Exception as exc:  # e.g. no configure permission: the services will declare
+            log.warning("could not declare the topology", extra=self._ids(error=repr(exc)))
+
+    def _log_registered(self, state: BeatState) -> None:
+        periodic = state.registrations > 1 and self.state is not None and self.state.registered
+        level = logging.DEBUG if periodic else logging.INFO
+        log.log(level, "registered", extra=self._ids(
+            event="registered", registrations=state.registrations, **{
+                k: v for k, v in vars(self.identity).items() if k != "instance_id"}))
+        if state.registrations == 1:
+            self.waiting_for = None
+
+    def _ids(self, **fields: Any) -> dict[str, Any]:
+        return {"instance_id": self.identity.instance_id if self.identity else None, **fields}

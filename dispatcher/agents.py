@@ -1,0 +1,131 @@
+"""Agent messages (PROTOCOL §4): register, heartbeat, deregister.
+
+A registration is believed only for an instance of our Auto Scaling Group (a cached
+DescribeAutoScalingGroups, refreshed on a miss at most once a second). Heartbeats are the
+bulk of the traffic (10,000 agents at one per 15 s is 667 msg/s, and a DynamoDB write costs
+~5 ms on moto): they are written by the worker pool in parallel, and the heartbeats of one
+instance that queue up behind each other are written once, with the newest.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from dispatcher import assign
+from dispatcher.metrics import Metrics
+from shared.asg import Asg
+from shared.broker import Delivery
+from shared.clock import Clock
+from shared.errors import ConditionFailed
+from shared.messages import Deregister, Heartbeat, Register
+from shared.store import Store
+
+log = logging.getLogger("workerpool.dispatcher")
+
+
+class AsgMembers:
+    """Which instances are in the ASG, cached; thread-safe."""
+
+    def __init__(self, asg: Asg, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.asg = asg
+        self._mono = monotonic
+        self._ids: frozenset[str] = frozenset()
+        self._refreshed_at: float | None = None
+        self._lock = threading.Lock()
+        self.state = None  # the last AsgState, for the wording of reasons
+
+    def contains(self, instance_id: str, seen_at: float) -> bool:
+        """``seen_at``: monotonic time the message arrived (a refresh after it is enough)."""
+        with self._lock:  # one DescribeAutoScalingGroups at a time; the others reuse it
+            verdict = assign.asg_lookup(instance_id, self._ids, self._refreshed_at, seen_at)
+            if verdict != "refresh":
+                return verdict == "known"
+            delay = assign.refresh_delay(self._refreshed_at, self._mono())
+            if delay:
+                time.sleep(delay)
+            started = self._mono()
+            self.state = self.asg.describe()
+            self._ids, self._refreshed_at = self.state.live_ids, started
+            return instance_id in self._ids
+
+
+class AgentService:
+    def __init__(self, *, store: Store, members: AsgMembers, asg_name: str, clock: Clock,
+                 metrics: Metrics, on_free: Callable[[], None] = lambda: None) -> None:
+        self.store = store
+        self.members = members
+        self.asg_name = asg_name
+        self.clock = clock
+        self.metrics = metrics
+        self.on_free = on_free
+        # instance id -> heartbeats not yet written: [(sent_at, healthy, delivery)]
+        self._pending: dict[str, list[tuple[float, bool, Delivery]]] = {}
+        self._lock = threading.Lock()
+
+    # --- register / deregister -----------------------------------------------------------
+    def register(self, d: Delivery, msg: Register, seen_at: float) -> None:
+        ids = {"instance_id": msg.instance_id}
+        if not self.members.contains(msg.instance_id, seen_at):
+            reason = assign.not_in_asg_reason(msg.instance_id, self.asg_name)
+            log.warning("registration refused: %s", reason, extra=ids)
+            self.metrics.registrations.labels(result="refused").inc()
+            d.dead_letter(reason)
+            return
+        try:
+            worker = self.store.register(
+                msg.instance_id, now=self.clock.now(), private_ip=msg.private_ip,
+                public_ip=msg.public_ip, instance_type=msg.instance_type,
+                availability_zone=msg.availability_zone, agent_version=msg.agent_version)
+        except ConditionFailed:
+            log.warning("registration of a draining or dead worker ignored", extra=ids)
+            self.metrics.registrations.labels(result="stale").inc()
+            d.ack()
+            return
+        log.info("worker registered", extra={**ids, "status": worker.status})
+        self.metrics.registrations.labels(result="registered").inc()
+        d.ack()
+        if worker.status == "free":
+            self.on_free()
+
+    def deregister(self, d: Delivery, msg: Deregister) -> None:
+        try:
+            self.store.deregister(msg.instance_id, now=self.clock.now(),
+                                  reason=msg.reason or "deregistered")
+            log.info("worker deregistered", extra={"instance_id": msg.instance_id,
+                                                    "reason": msg.reason})
+        except ConditionFailed:
+            log.debug("deregister of an unknown or gone worker",
+                      extra={"instance_id": msg.instance_id})
+        d.ack()
+
+    # --- heartbeats ----------------------------------------------------------------------
+    def queue_heartbeat(self, d: Delivery, msg: Heartbeat) -> bool:
+        """Add a heartbeat; True if its instance needs a write job (none is queued yet)."""
+        with self._lock:
+            beats = self._pending.setdefault(msg.instance_id, [])
+            beats.append((msg.sent_at.timestamp(), msg.healthy, d))
+            return len(beats) == 1
+
+    def write_heartbeats(self, instance_id: str) -> None:
+        """One write for every heartbeat of this instance queued so far, then ack them."""
+        with self._lock:
+            beats = self._pending.pop(instance_id, [])
+        if not beats:
+            return
+        _, healthy = assign.latest_heartbeat([(t, h) for t, h, _ in beats])
+        try:
+            self.store.heartbeat(instance_id, healthy=healthy, now=self.clock.now())
+        except ConditionFailed:
+            log.debug("heartbeat of an unknown or draining worker",
+                      extra={"instance_id": instance_id})
+        except Exception:  # AWS unreachable: hand them back to the broker, then say so
+            for _, _, d in beats:
+                d.nack(requeue=True)
+            raise
+        self.metrics.heartbeat_writes.inc()
+        self.metrics.heartbeats.inc(len(beats))
+        for _, _, d in beats:
+            d.ack()

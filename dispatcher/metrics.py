@@ -1,0 +1,36 @@
+"""The dispatcher's Prometheus metrics, on the Runtime's health registry (/metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: Claim latency buckets: milliseconds for a free worker, up to the longest wait (900 s).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    """One attribute per series; labels are fixed words, never ids."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.claims = Counter("workerpool_claims_total", "Claims answered, by outcome",
+                              ["outcome"], registry=registry)
+        self.claim_latency = Histogram(
+            "workerpool_claim_latency_seconds",
+            "From a claim's first arrival to its reply (waiting included)",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.waiting = Gauge("workerpool_waiting_claims",
+                             "Claims held in this dispatcher's waiting room", registry=registry)
+        self.free = Gauge("workerpool_free_workers", "Free, healthy workers (last count)",
+                          registry=registry)
+        self.heartbeats = Counter("workerpool_heartbeats_total",
+                                  "Heartbeat messages handled (coalesced ones included)",
+                                  registry=registry)
+        self.heartbeat_writes = Counter("workerpool_heartbeat_writes_total",
+                                        "DynamoDB writes made for heartbeats",
+                                        registry=registry)
+        self.registrations = Counter("workerpool_registrations_total",
+                                     "Agent registrations, by result", ["result"],
+                                     registry=registry)
+        self.leases = Counter("workerpool_lease_requests_total",
+                              "Release and renew requests answered, by status", ["status"],
+                              registry=registry)

@@ -1,0 +1,167 @@
+"""The reaper's judgement: which workers to reclaim, as a pure function of a snapshot.
+
+``plan(snapshot, now, settings)`` reads nothing and writes nothing; it returns actions that
+``reaper.loop`` applies with conditional writes. Every rule compares times itself: the
+index queries that fill the snapshot are only a pre-filter, and DynamoDB TTL is never a
+deadline (items linger for days after it, and moto never deletes them).
+
+Rules, in the order their actions are applied:
+
+1. an expired lease (leased, ``0 < leaseExpiry <= now``): Expire, then Recycle;
+2. a silent worker (free or leased, no heartbeat for HEARTBEAT_TIMEOUT): MarkDead, then
+   Recycle; an expired lease that is also silent is expired, not reported as lost;
+3. a draining or dead worker: Recycle (terminate with decrement, remove the item);
+4. a booting item whose instance left the ASG: RemoveOrphan; one older than
+   BOOT_TIMEOUT_SECONDS: ReplaceNeverBooted (terminate without decrement: the ASG
+   launches a replacement);
+5. on sweep passes (every ORPHAN_SWEEP_INTERVAL), any free/leased/booting item whose
+   instance is no longer a live member of the ASG: RemoveOrphan;
+6. a live ASG instance that the table does not know: TrackBooting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.config import Settings
+from shared.state import AsgState, Worker
+
+#: ``reason`` that store.mark_dead writes for a booting item: such a worker was never
+#: handed out, so it is replaced (no decrement) rather than recycled (decrement).
+NEVER_BOOTED_REASON = "was booting"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one pass read. The table is read before the ASG (see docs/reaper.md)."""
+
+    asg: AsgState
+    expired: tuple[Worker, ...] = ()
+    stale: tuple[Worker, ...] = ()
+    draining: tuple[Worker, ...] = ()
+    dead: tuple[Worker, ...] = ()
+    booting: tuple[Worker, ...] = ()
+    #: Every worker item: only on sweep passes (a Scan), else None.
+    everything: tuple[Worker, ...] | None = None
+    #: Instance ids the loop knows have an item (from the last sweep and since), so that
+    #: finding ASG instances unknown to the table needs no Scan on ordinary passes.
+    known_ids: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Expire:
+    """leased → draining, only if leaseExpiry is still the one seen (a renew wins)."""
+
+    worker: Worker
+
+
+@dataclass(frozen=True)
+class MarkDead:
+    """free/leased → dead, only if lastHeartbeat is still the one seen."""
+
+    worker: Worker
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """confirm_recyclable → clear protection → terminate → remove the item."""
+
+    instance_id: str
+    user_id: str | None
+    reason: str
+    #: Lower desired capacity with the terminate (False for a never-booted instance).
+    decrement: bool = True
+    #: The instance is a live ASG member (else only the item is left to remove).
+    in_group: bool = True
+
+
+@dataclass(frozen=True)
+class ReplaceNeverBooted:
+    """booting → dead (fences a late registration) → confirm → terminate, no decrement."""
+
+    worker: Worker
+
+
+@dataclass(frozen=True)
+class RemoveOrphan:
+    """Delete an item whose instance is no longer in the ASG (only in the status seen)."""
+
+    worker: Worker
+
+
+@dataclass(frozen=True)
+class TrackBooting:
+    """Put a booting item for a live ASG instance the table does not know (conditional)."""
+
+    instance_id: str
+
+
+Action = Expire | MarkDead | Recycle | ReplaceNeverBooted | RemoveOrphan | TrackBooting
+
+
+def lease_expired(w: Worker, now: float) -> bool:
+    return w.status == "leased" and 0 < w.lease_expiry <= now
+
+
+def silent(w: Worker, now: float, settings: Settings) -> bool:
+    return w.status in ("free", "leased") and now - w.last_heartbeat >= settings.dead_after
+
+
+def boot_timed_out(w: Worker, now: float, settings: Settings) -> bool:
+    since = w.first_seen if w.first_seen is not None else w.last_heartbeat
+    return w.status == "booting" and now - since >= settings.boot_timeout_seconds
+
+
+def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
+    """The actions one pass should take, at most one rule per instance."""
+    live = snapshot.asg.live_ids
+    actions: list[Action] = []
+    handled: set[str] = set()
+
+    def take(w: Worker) -> bool:
+        if w.instance_id in handled:
+            return False
+        handled.add(w.instance_id)
+        return True
+
+    for w in snapshot.expired:
+        if lease_expired(w, now) and take(w):
+            actions += [Expire(w), Recycle(w.instance_id, w.user_id, "expired",
+                                           in_group=w.instance_id in live)]
+    for w in snapshot.stale:
+        if silent(w, now, settings) and take(w):
+            actions += [MarkDead(w), Recycle(w.instance_id, w.user_id, "dead",
+                                             in_group=w.instance_id in live)]
+    for w in (*snapshot.draining, *snapshot.dead):
+        if w.status in ("draining", "dead") and take(w):
+            actions.append(Recycle(w.instance_id, w.user_id, w.reason or w.status,
+                                   decrement=w.reason != NEVER_BOOTED_REASON,
+                                   in_group=w.instance_id in live))
+    for w in snapshot.booting:
+        if w.status != "booting":
+            continue
+        if w.instance_id not in live and take(w):
+            actions.append(RemoveOrphan(w))
+        elif boot_timed_out(w, now, settings) and take(w):
+            actions.append(ReplaceNeverBooted(w))
+    for w in snapshot.everything or ():
+        if w.status in ("booting", "free", "leased") and w.instance_id not in live and take(w):
+            actions.append(RemoveOrphan(w))
+
+    seen = {w.instance_id for w in (*snapshot.expired, *snapshot.stale, *snapshot.draining,
+                                    *snapshot.dead, *snapshot.booting)}
+    if snapshot.everything is not None:
+        known = {w.instance_id for w in snapshot.everything} | seen
+    else:
+        known = set(snapshot.known_ids) | seen
+    for inst in snapshot.asg.instances:
+        if not inst.leaving and inst.instance_id not in known:
+            actions.append(TrackBooting(inst.instance_id))
+    return actions
+
+
+def instance_of(action: Action) -> str:
+    """The instance an action is about (the loop skips later actions after a lost race)."""
+    if isinstance(action, (Recycle, TrackBooting)):
+        return action.instance_id
+    return action.worker.instance_id

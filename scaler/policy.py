@@ -1,0 +1,165 @@
+"""The scaler's judgement: how many instances the ASG should have, and which free worker to
+give back. Pure: state + ``now`` + settings in, a Decision out; no I/O, no clock.
+
+The arithmetic (docs/scaler.md derives it):
+
+* missing  = max(0, TARGET_AVAILABLE + waiting - free - booting)
+* want     = asg.desired + missing
+
+``asg.desired`` already counts every instance that exists or is being launched (registered
+workers of any status plus booting ones), and ``booting`` is measured from the same snapshot
+(live instances not registered yet + launches AWS has not started), so a booting machine is
+counted exactly once: in ``desired`` and in the subtraction that makes ``missing`` smaller.
+SetDesiredCapacity(want) is absolute: sending it twice changes nothing.
+
+The scaler only ever raises desired; the reaper is the one component that lowers it (one
+chosen instance at a time, TerminateInstanceInAutoScalingGroup with decrement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from shared.state import Worker
+
+Trigger = Literal["reconcile", "event"]
+
+
+class PolicySettings(Protocol):
+    """The part of shared.config.Settings the policy reads."""
+
+    target_available: int
+    cooldown_seconds: float
+    scale_strategy: str
+    scale_in_idle_seconds: float
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The pool as the active scaler sees it in one snapshot."""
+
+    free: int  # free AND healthy: what a claim can get now
+    leased: int = 0
+    draining: int = 0
+    dead: int = 0
+    booting: int = 0  # ASG instances not registered yet + launches not started yet
+    waiting: int = 0  # claims waiting for a worker (latest report from the dispatcher)
+
+
+@dataclass(frozen=True)
+class AsgView:
+    """What the policy needs from DescribeAutoScalingGroups."""
+
+    desired: int
+    min_size: int
+    max_size: int
+
+
+@dataclass(frozen=True)
+class LastScale:
+    """Our last SetDesiredCapacity: when, and to what."""
+
+    at: float
+    desired: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do now. ``set_desired`` is None when no call is due; ``reason`` says why."""
+
+    set_desired: int | None
+    reason: str
+    missing: int = 0
+    want: int = 0
+    capacity_ok: bool = True
+    capacity_reason: str | None = None
+    drain: str | None = None  # a free worker to hand back (surplus scale-in)
+    surplus_since: float | None = None  # carry into the next call
+
+
+def missing_workers(c: Counts, target: int) -> int:
+    """Free workers short of target + waiting claims, after counting what is booting."""
+    return max(0, target + c.waiting - c.free - c.booting)
+
+
+def decide(c: Counts, asg: AsgView, last: LastScale | None, now: float,
+           settings: PolicySettings, *, trigger: Trigger = "reconcile",
+           free_workers: Sequence[Worker] = (), surplus_since: float | None = None
+           ) -> Decision:
+    """The scale-out call to make (if any), whether capacity can grow, and a surplus drain."""
+    if settings.scale_strategy == "naive":
+        out = _naive(c, asg, settings, trigger)
+    else:
+        out = _missing(c, asg, last, now, settings)
+    drain, since = _surplus(c, now, settings, free_workers, surplus_since)
+    return Decision(**{**out.__dict__, "drain": drain, "surplus_since": since})
+
+
+def _capacity(c: Counts, asg: AsgView, want: int, target: int) -> tuple[bool, str | None]:
+    if want <= asg.max_size:
+        return True, None
+    return False, (f"pool at MaxSize {asg.max_size}: {c.waiting} claims waiting, "
+                   f"{want - asg.max_size} more machines needed to keep {target} free; "
+                   "raise ASG_MAX_SIZE / the group's MaxSize")
+
+
+def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
+             settings: PolicySettings) -> Decision:
+    target = settings.target_available
+    missing = missing_workers(c, target)
+    want = asg.desired + missing
+    ok, why = _capacity(c, asg, want, target)
+    clamped = min(want, asg.max_size)  # AWS refuses desired > MaxSize (moto does not)
+    base = dict(missing=missing, want=want, capacity_ok=ok, capacity_reason=why)
+    if clamped <= asg.desired:
+        reason = "nothing missing" if not missing else f"at MaxSize {asg.max_size}"
+        return Decision(set_desired=None, reason=reason, **base)
+    if last is not None and now - last.at < settings.cooldown_seconds:
+        if clamped <= last.desired:
+            left = settings.cooldown_seconds - (now - last.at)
+            return Decision(set_desired=None, reason=f"cooldown: {left:.1f}s left, "
+                            f"{clamped} not above the {last.desired} last set", **base)
+        # A need larger than anything we asked for within the cooldown is a new shortage,
+        # not a repeat of the one we already answered: waiting costs claims, and each such
+        # call must exceed the previous one, so at most MaxSize of them can ever happen.
+        return Decision(set_desired=clamped, reason=f"larger shortage within cooldown: "
+                        f"{missing} missing, {clamped} > {last.desired} last set", **base)
+    return Decision(set_desired=clamped, reason=f"{missing} missing: desired "
+                    f"{asg.desired} -> {clamped}", **base)
+
+
+def _naive(c: Counts, asg: AsgView, settings: PolicySettings, trigger: Trigger) -> Decision:
+    """The old system's rule, for the benchmark only: +1 per shortage event, no cooldown,
+    booting machines ignored."""
+    target = settings.target_available
+    short = c.free < target + c.waiting
+    want = asg.desired + 1 if short else asg.desired
+    ok, why = _capacity(c, asg, want, target)
+    base = dict(missing=missing_workers(c, target), want=want, capacity_ok=ok,
+                capacity_reason=why)
+    if trigger != "event" or not short or want > asg.max_size:
+        return Decision(set_desired=None, reason="naive: no shortage event", **base)
+    return Decision(set_desired=want, reason="naive: +1 for a shortage event", **base)
+
+
+def _surplus(c: Counts, now: float, settings: PolicySettings, free_workers: Sequence[Worker],
+             since: float | None) -> tuple[str | None, float | None]:
+    """Free workers above target + waiting for SCALE_IN_IDLE_SECONDS: give back one.
+
+    One per reconcile (the reaper terminates it with decrement); the clock keeps running
+    while the surplus lasts, and restarts from zero the moment it ends.
+    """
+    if c.free <= settings.target_available + c.waiting:
+        return None, None
+    since = now if since is None else since
+    if now - since < settings.scale_in_idle_seconds:
+        return None, since
+    candidates = [w for w in free_workers if w.status == "free" and w.healthy]
+    if not candidates:
+        return None, since
+    # Free workers are interchangeable; the one heard from least recently is the one we
+    # trust least, so it goes first (ties: by id, so the choice is reproducible).
+    pick = min(candidates, key=lambda w: (w.last_heartbeat, w.instance_id))
+    return pick.instance_id, since
