@@ -97,6 +97,8 @@ def declare_topology(channel: BlockingChannel) -> None:
         channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
     for q in topology.QUEUES:
         channel.queue_declare(queue=q.name, durable=True, arguments=q.arguments)
+    for exchange, queue, key in topology.BINDINGS:
+        channel.queue_bind(queue, exchange, routing_key=key)
 
 
 def properties(

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     worker_ami_id: str = "ami-12c6146b"
     worker_instance_type: str = "t3.medium"
     fleet_boot_delay: float = Field(default=2, ge=0)
+    #: agent: "" (the default exchange, routing key workerpool.agents) or "amq.topic" where
+    #: broker permissions confine agents to a topic (deploy/rabbitmq/definitions.json).
+    agent_exchange: Literal["", "amq.topic"] = ""
 
     @field_validator("amqp_url")
     @classmethod

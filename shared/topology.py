@@ -21,6 +21,12 @@ SCALING = "workerpool.scaling"
 #: Scaler → every dispatcher: whether the pool can grow (fanout; each binds its own queue).
 CAPACITY_EXCHANGE = "workerpool.capacity"
 
+#: Agents may publish through this exchange (routing key = AGENTS) instead of the default
+#: exchange: RabbitMQ checks a default-exchange publish only as write on "amq.default", so
+#: only a topic permission on amq.topic can confine agents to workerpool.agents
+#: (deploy/rabbitmq/definitions.json). AGENT_EXCHANGE selects it; both routes reach the queue.
+AGENTS_TOPIC_EXCHANGE = "amq.topic"
+
 #: Header that says why a message was dead-lettered by a service.
 REASON_HEADER = "x-workerpool-reason"
 #: Header that names the queue a dead-lettered message came from.
@@ -62,6 +68,9 @@ QUEUES: tuple[QueueSpec, ...] = (
 
 EXCHANGES: tuple[tuple[str, str], ...] = ((CAPACITY_EXCHANGE, "fanout"),)
 
+#: (exchange, queue, routing key) bindings declared with the queues.
+BINDINGS: tuple[tuple[str, str, str], ...] = ((AGENTS_TOPIC_EXCHANGE, AGENTS, AGENTS),)
+
 
 def definitions(vhost: str = "/") -> dict[str, Any]:
     """A RabbitMQ definitions document for the queues and exchanges above."""
@@ -76,5 +85,9 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
              "internal": False, "arguments": {}}
             for name, kind in EXCHANGES
         ],
-        "bindings": [],
+        "bindings": [
+            {"source": src, "vhost": vhost, "destination": queue, "destination_type": "queue",
+             "routing_key": key, "arguments": {}}
+            for src, queue, key in BINDINGS
+        ],
     }

@@ -1,0 +1,70 @@
+"""deploy/rabbitmq/definitions.json: the topology of shared.topology, per-role users, no guest,
+and password hashes of the documented example passwords (to be replaced)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from shared import topology
+
+DEFS = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq"
+                   / "definitions.json").read_text(encoding="utf-8"))
+#: the example passwords docs/deploy.md documents; the hashes in the file are of these
+EXAMPLE_PASSWORDS = {
+    "workerpool-admin": "example-admin-password-REPLACE-ME",
+    "workerpool-service": "example-service-password-REPLACE-ME",
+    "workerpool-agent": "example-agent-password-REPLACE-ME",
+    "workerpool-client": "example-client-password-REPLACE-ME",
+}
+#: the one binding the topology does not declare: agents publish through amq.topic, where a
+#: topic permission can limit their routing key (docs/deploy.md "Broker permissions")
+def test_queues_and_exchanges_are_exactly_those_of_the_topology() -> None:
+    expected = topology.definitions("/")
+    key = lambda d: d["name"]  # noqa: E731
+    assert sorted(DEFS["queues"], key=key) == sorted(expected["queues"], key=key)
+    assert sorted(DEFS["exchanges"], key=key) == sorted(expected["exchanges"], key=key)
+    assert DEFS["bindings"] == expected["bindings"]
+
+
+def test_there_is_one_user_per_role_and_no_guest() -> None:
+    assert {u["name"] for u in DEFS["users"]} == set(EXAMPLE_PASSWORDS)
+    assert {p["user"] for p in DEFS["permissions"]} == set(EXAMPLE_PASSWORDS)
+    assert [u["name"] for u in DEFS["users"] if u["tags"]] == ["workerpool-admin"]
+
+
+def test_each_password_hash_is_the_salted_sha256_of_the_documented_example_password() -> None:
+    for user in DEFS["users"]:
+        assert user["hashing_algorithm"] == "rabbit_password_hashing_sha256"
+        raw = base64.b64decode(user["password_hash"])
+        salt, digest = raw[:4], raw[4:]
+        password = EXAMPLE_PASSWORDS[user["name"]]
+        assert digest == hashlib.sha256(salt + password.encode()).digest(), user["name"]
+        assert "REPLACE-ME" in password  # marked, in the file's _comment and in the docs
+    assert "REPLACE" in DEFS["_comment"]
+
+
+def _perm(user: str) -> dict[str, str]:
+    return next(p for p in DEFS["permissions"] if p["user"] == user)
+
+
+def test_agents_may_write_only_to_amq_topic_with_the_agents_routing_key() -> None:
+    agent = _perm("workerpool-agent")
+    assert re.fullmatch(agent["write"], "amq.topic")
+    assert not re.search(agent["write"], "amq.default")
+    topic = next(t for t in DEFS["topic_permissions"] if t["user"] == "workerpool-agent")
+    assert re.search(topic["write"], topology.AGENTS)
+    assert not re.search(topic["write"], topology.CLAIMS)
+    for queue in (topology.CLAIMS, topology.LEASES, topology.AGENTS, topology.DEAD_LETTER):
+        assert not re.search(agent["read"], queue) and not re.search(agent["configure"], queue)
+    assert re.search(agent["read"], "workerpool.agent.i-0123456789abcdef0")
+
+
+def test_clients_configure_nothing_and_read_only_their_replies() -> None:
+    client = _perm("workerpool-client")
+    assert client["configure"] == "^$"
+    assert not re.search(client["read"], topology.CLAIMS)
+    assert re.search(client["read"], "amq.rabbitmq.reply-to")
