@@ -53,6 +53,7 @@ def main() -> int:
             timing=timing,
             wait=rt.wait,
             declare=declare,
+            exchange=s.agent_exchange,
         )
         rt.health.add_check("code_server", agent.code_server_check)
         rt.health.add_check("heartbeat", agent.heartbeat_check)
@@ -65,7 +66,8 @@ def main() -> int:
             timer.start()
 
         rt.on_stop(arm_deadline)
-        log.info("starting", extra={"event": "starting", "imds": s.aws_ec2_metadata_service_endpoint,
+        log.info("starting", extra={"event": "starting",
+                                    "imds": s.aws_ec2_metadata_service_endpoint,
                                     "code_server_url": s.code_server_url,
                                     "heartbeat_interval": s.heartbeat_interval,
                                     "amqp_url": s.redacted_amqp_url()})

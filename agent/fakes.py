@@ -46,8 +46,9 @@ class _Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Any:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True,
-                                        name=type(self).__name__)
+        # a short poll interval: stop() (and so every test teardown) waits for one poll
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        daemon=True, name=type(self).__name__)
         self._thread.start()
         return self
 

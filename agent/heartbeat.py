@@ -34,9 +34,11 @@ class Timing:
 
     @property
     def give_up_after(self) -> float:
-        """How long one publish may retry inside the Publisher: short, so that the loop
-        (and SIGTERM) stay responsive; the loop itself retries for ever."""
-        return _clamp(2 * self.interval, 1.0, 4.0)
+        """How long one publish may retry inside the Publisher: not at all. One attempt
+        (with a reconnect when the connection is gone), so that the loop learns of every
+        failure, registers again after it, and retries with its own jittered backoff
+        while SIGTERM stays noticed."""
+        return 0.0
 
     @property
     def probe_timeout(self) -> float:

@@ -104,7 +104,7 @@ class Imds:
         """``/latest/meta-data/<key>`` with the token; None for a 404 when ``optional``."""
         retrying = Retrying(
             retry=retry_if_exception_type(ImdsUnavailable),
-            wait=wait_exponential_jitter(initial=0.1, max=1.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.05),
             stop=stop_after_attempt(self._attempts),
             before_sleep=before_sleep_log(log, logging.DEBUG),
             reraise=True,

@@ -51,11 +51,13 @@ class Agent:
         timing: Timing,
         wait: Callable[[float], bool],
         declare: Callable[[], None] | None = None,
+        exchange: str = "",
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._imds = imds
         self._pub = publisher
+        self._exchange = exchange  # "" or amq.topic (AGENT_EXCHANGE): both reach the queue
         self._code_server_url = code_server_url
         self.timing = timing
         self._wait = wait
@@ -171,7 +173,7 @@ class Agent:
     def _publish(self, msg: Message, what: str, state: BeatState) -> str | None:
         """Publish with confirm; None when confirmed, else why not (in words)."""
         try:
-            self._pub.publish(topology.AGENTS, msg.to_json())
+            self._pub.publish(topology.AGENTS, msg.to_json(), exchange=self._exchange)
         except Unroutable:
             # the queue is missing (a fresh broker): declare it, then the retry can land
             self._try_declare()

@@ -1,0 +1,312 @@
+"""``python -m agent.fleet``: the whole worker fleet on one machine.
+
+Watches the ASG (moto, at AWS_ENDPOINT_URL) every ~0.5 s. For each instance that appears,
+after FLEET_BOOT_DELAY seconds, it starts a real ``python -m agent`` with its own FakeImds
+(that instance's id, and its IPs, type and zone from moto's EC2) and FakeCodeServer. When
+the instance leaves the ASG, its agent gets SIGTERM (so it deregisters, as at a shutdown).
+
+The agents' JSON log lines are merged into the fleet's stderr, one JSON object per line,
+each with the ``instance_id`` of its VM and ``"vm": true``.
+
+Control API (for tests and demos) on FLEET_CONTROL_PORT (0: a free port, logged in the
+ready line as ``control_port``), see agent/fleetctl.py. FLEET_FAIL_BOOT=<n> makes the
+first n instances fail to boot; FLEET_FAIL_BOOT=i-a,i-b names them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from agent.fakes import FakeCodeServer, FakeImds
+from agent.fleetctl import ControlServer
+from agent.fleetplan import MemberView, State, new_instances, plan
+from shared.asg import Asg
+from shared.config import Settings
+from shared.errors import WorkerpoolError
+from shared.runtime import Runtime
+
+log = logging.getLogger("workerpool.fleet")
+
+POLL_SECONDS = 0.5
+STOP_GRACE = 7.0  # SIGTERM → SIGKILL for agents when the fleet stops (fleet exits < 10 s)
+
+
+@dataclass
+class SimVm:
+    """One simulated worker VM: its fakes and its agent process."""
+
+    instance_id: str
+    first_seen: float
+    state: State = "booting"
+    imds: FakeImds | None = None
+    code_server: FakeCodeServer | None = None
+    proc: subprocess.Popen[str] | None = None
+    health_port: int | None = None
+    exit_code: int | None = None
+    exited_at: float | None = None
+    starts: int = 0
+    addresses: dict[str, Any] = field(default_factory=dict)
+
+    def view(self) -> MemberView:
+        return MemberView(self.instance_id, self.state, self.first_seen, self.exit_code,
+                          self.exited_at)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id, "state": self.state,
+            "pid": self.proc.pid if self.proc else None, "health_port": self.health_port,
+            "exit_code": self.exit_code, "starts": self.starts,
+            "imds_url": self.imds.url if self.imds else None,
+            "code_server_url": self.code_server.url if self.code_server else None,
+            "code_server_healthy": self.code_server.healthy if self.code_server else None,
+            **self.addresses,
+        }
+
+
+def made_up_addresses(instance_id: str) -> dict[str, Any]:
+    """Stable fake IPs for an instance moto cannot describe."""
+    h = zlib.crc32(instance_id.encode())
+    return {"private_ip": f"10.0.{(h >> 8) % 250 + 1}.{h % 250 + 1}",
+            "public_ip": f"3.{(h >> 16) % 250 + 1}.{(h >> 8) % 250 + 1}.{h % 250 + 1}",
+            "instance_type": "t3.medium", "availability_zone": "us-east-1a"}
+
+
+class Fleet:
+    def __init__(self, *, settings: Settings, asg: Asg, fail_boot: set[str],
+                 fail_next: int) -> None:
+        self.settings = settings
+        self.asg = asg
+        self.fail_boot = fail_boot
+        self.fail_next = fail_next
+        self.vms: dict[str, SimVm] = {}
+        self.lock = threading.RLock()
+        self.last_describe_ok: float | None = None
+        self._out_lock = threading.Lock()
+
+    # --- one pass ---------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        try:
+            live = self.asg.describe().live_ids
+        except WorkerpoolError as exc:
+            log.warning("cannot describe the ASG; retrying", extra={"error": str(exc)})
+            return
+        self.last_describe_ok = now
+        with self.lock:
+            self._reap(now)
+            for iid in new_instances(self.vms, live):
+                self.vms[iid] = SimVm(iid, first_seen=now)
+                if self.fail_next > 0:
+                    self.fail_next -= 1
+                    self.fail_boot.add(iid)
+                log.info("instance appeared; booting", extra={
+                    "instance_id": iid, "boot_delay": self.settings.fleet_boot_delay,
+                    "will_fail_boot": iid in self.fail_boot})
+            views = {iid: vm.view() for iid, vm in self.vms.items()}
+            for action in plan(views, live, now, boot_delay=self.settings.fleet_boot_delay,
+                               fail_boot=self.fail_boot):
+                vm = self.vms[action.instance_id]
+                if action.verb in ("start", "restart"):
+                    self._start(vm)
+                elif action.verb == "fail_boot":
+                    vm.state = "failed_boot"
+                    log.info("instance failed to boot (on request): no agent",
+                             extra={"instance_id": vm.instance_id})
+                else:
+                    self._stop(vm, "instance left the ASG")
+
+    def _reap(self, now: float) -> None:
+        for vm in self.vms.values():
+            if vm.proc is None or vm.state in ("stopped", "exited"):
+                continue
+            code = vm.proc.poll()
+            if code is None:
+                continue
+            vm.exit_code, vm.exited_at = code, now
+            vm.state = "stopped" if vm.state == "stopping" else "exited"
+            log.log(logging.INFO if code == 0 else logging.WARNING, "agent exited",
+                    extra={"instance_id": vm.instance_id, "exit_code": code,
+                           "state": vm.state})
+            if vm.state == "stopped":
+                self._drop_fakes(vm)
+
+    # --- agents -----------------------------------------------------------------------
+    def _addresses(self, iid: str) -> dict[str, Any]:
+        try:  # moto gives every instance IPs; use them so the pool hands out what EC2 says
+            resp = self.asg.ec2.describe_instances(InstanceIds=[iid])
+            inst = resp["Reservations"][0]["Instances"][0]
+            return {"private_ip": inst.get("PrivateIpAddress"),
+                    "public_ip": inst.get("PublicIpAddress"),
+                    "instance_type": inst.get("InstanceType", "t3.medium"),
+                    "availability_zone": inst.get("Placement", {}).get("AvailabilityZone",
+                                                                       "us-east-1a")}
+        except Exception as exc:  # any failure: made-up but stable values
+            log.info("no EC2 description; using made-up IPs",
+                     extra={"instance_id": iid, "error": repr(exc)[:200]})
+            return made_up_addresses(iid)
+
+    def _start(self, vm: SimVm) -> None:
+        if vm.imds is None:
+            vm.addresses = self._addresses(vm.instance_id)
+            vm.imds = FakeImds(instance_id=vm.instance_id, **vm.addresses).start()
+            vm.code_server = FakeCodeServer().start()
+        assert vm.code_server is not None
+        env = {**os.environ,
+               "AMQP_URL": self.settings.amqp_url,
+               "HEARTBEAT_INTERVAL": repr(self.settings.heartbeat_interval),
+               "LOG_LEVEL": self.settings.log_level,
+               "HEALTH_PORT": "0",
+               "AWS_EC2_METADATA_SERVICE_ENDPOINT": vm.imds.url,
+               "CODE_SERVER_URL": vm.code_server.url,
+               "PYTHONUNBUFFERED": "1"}
+        for leak in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.pop(leak, None)  # a real VM's agent has no AWS credentials and needs none
+        vm.proc = subprocess.Popen([sys.executable, "-m", "agent"], env=env, text=True,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        vm.state, vm.exit_code, vm.exited_at, vm.health_port = "running", None, None, None
+        vm.starts += 1
+        threading.Thread(target=self._relay, args=(vm, vm.proc.stderr), daemon=True,
+                         name=f"log-{vm.instance_id}").start()
+        log.info("agent started", extra={"instance_id": vm.instance_id, "pid": vm.proc.pid,
+                                         "imds": vm.imds.url, "starts": vm.starts})
+
+    def _relay(self, vm: SimVm, stream: IO[str] | None) -> None:
+        """The agent's stderr → ours, one JSON object per line, tagged with its VM."""
+        if stream is None:
+            return
+        for line in stream:
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError
+            except ValueError:
+                obj = {"process": "agent", "msg": line.rstrip("\n")}
+            obj.setdefault("instance_id", vm.instance_id)
+            obj["vm"] = True
+            if obj.get("event") == "ready":
+                vm.health_port = obj.get("health_port")
+            with self._out_lock:
+                sys.stderr.write(json.dumps(obj, default=str) + "\n")
+                sys.stderr.flush()
+
+    def _stop(self, vm: SimVm, why: str) -> None:
+        proc = vm.proc
+        if proc is not None and proc.poll() is None:
+            if vm.state == "hung":  # a frozen VM cannot deregister: it just disappears
+                proc.kill()
+            else:
+                proc.send_signal(signal.SIGTERM)
+            vm.state = "stopping"
+        else:
+            vm.state = "stopped"
+            self._drop_fakes(vm)
+        log.info("stopping agent", extra={"instance_id": vm.instance_id, "reason": why})
+
+    def _drop_fakes(self, vm: SimVm) -> None:
+        for fake in (vm.imds, vm.code_server):
+            if fake is not None:
+                fake.stop()
+        vm.imds = vm.code_server = None
+
+    # --- control (from the control server's threads) ----------------------------------
+    def control(self, iid: str, verb: str) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            vm = self.vms.get(iid)
+            if verb == "fail-boot":
+                self.fail_boot.add(iid)
+                return 200, {"instance_id": iid, "fail_boot": True}
+            if vm is None:
+                return 404, {"error": f"no instance {iid} in the fleet"}
+            proc = vm.proc if vm.proc is not None and vm.proc.poll() is None else None
+            if verb == "hang" and proc is not None:
+                proc.send_signal(signal.SIGSTOP)  # heartbeats stop, no deregister
+                vm.state = "hung"
+            elif verb == "resume" and proc is not None and vm.state == "hung":
+                proc.send_signal(signal.SIGCONT)
+                vm.state = "running"
+            elif verb == "kill" and proc is not None:
+                proc.kill()  # a crash: systemd (here: the fleet) starts it again
+            elif verb in ("unhealthy", "healthy") and vm.code_server is not None:
+                vm.code_server.healthy = verb == "healthy"
+            else:
+                return 409, {"error": f"cannot {verb} {iid} in state {vm.state}"}
+            log.info("control: %s", verb, extra={"instance_id": iid, "state": vm.state})
+            return 200, vm.describe()
+
+    def fail_next_boots(self, n: int) -> dict[str, Any]:
+        with self.lock:
+            self.fail_next += n
+            return {"fail_next": self.fail_next}
+
+    def listing(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [vm.describe() for vm in self.vms.values()]
+
+    # --- shutdown ---------------------------------------------------------------------
+    def stop_all(self) -> None:
+        with self.lock:
+            for vm in self.vms.values():
+                if vm.proc is not None and vm.proc.poll() is None:
+                    self._stop(vm, "fleet stopping")
+            procs = [vm.proc for vm in self.vms.values() if vm.proc is not None]
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        with self.lock:
+            self._reap(time.monotonic())
+            for vm in self.vms.values():
+                self._drop_fakes(vm)
+
+
+def parse_fail_boot(value: str) -> tuple[set[str], int]:
+    """FLEET_FAIL_BOOT: ``"2"`` (the first two instances) or ``"i-a,i-b"`` (those)."""
+    value = value.strip()
+    if not value:
+        return set(), 0
+    if value.isdigit():
+        return set(), int(value)
+    return {v.strip() for v in value.split(",") if v.strip()}, 0
+
+
+def main() -> int:
+    with Runtime("fleet") as rt:
+        s = rt.settings
+        fail_ids, fail_next = parse_fail_boot(os.environ.get("FLEET_FAIL_BOOT", ""))
+        fleet = Fleet(settings=s, fail_boot=fail_ids, fail_next=fail_next,
+                      asg=Asg(name=s.asg_name, region=s.aws_region,
+                              endpoint_url=s.aws_endpoint_url))
+
+        def aws_check() -> tuple[bool, str]:
+            last = fleet.last_describe_ok
+            ok = last is not None and time.monotonic() - last < 5
+            return ok, "ASG described" if ok else "cannot describe the ASG"
+
+        rt.health.add_check("aws", aws_check)
+        control = ControlServer(fleet, port=int(os.environ.get("FLEET_CONTROL_PORT", "0")))
+        control.start()
+        fleet.tick(time.monotonic())
+        rt.ready(control_port=control.port, asg=s.asg_name)
+        try:
+            while not rt.wait(POLL_SECONDS):
+                fleet.tick(time.monotonic())
+        finally:
+            control.stop()
+            fleet.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
