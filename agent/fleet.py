@@ -142,13 +142,9 @@ class Fleet:
     # --- agents -----------------------------------------------------------------------
     def _addresses(self, iid: str) -> dict[str, Any]:
         try:  # moto gives every instance IPs; use them so the pool hands out what EC2 says
-            resp = self.asg.ec2.describe_instances(InstanceIds=[iid])
-            inst = resp["Reservations"][0]["Instances"][0]
-            return {"private_ip": inst.get("PrivateIpAddress"),
-                    "public_ip": inst.get("PublicIpAddress"),
-                    "instance_type": inst.get("InstanceType", "t3.medium"),
-                    "availability_zone": inst.get("Placement", {}).get("AvailabilityZone",
-                                                                       "us-east-1a")}
+            found = self.asg.instance_addresses(iid)
+            return {**found, "instance_type": found["instance_type"] or "t3.medium",
+                    "availability_zone": found["availability_zone"] or "us-east-1a"}
         except Exception as exc:  # any failure: made-up but stable values
             log.info("no EC2 description; using made-up IPs",
                      extra={"instance_id": iid, "error": repr(exc)[:200]})

@@ -59,10 +59,11 @@ class AsgView:
 
 @dataclass(frozen=True)
 class LastScale:
-    """Our last SetDesiredCapacity: when, and to what."""
+    """Our last SetDesiredCapacity: when, to what, and how many missing machines it was for."""
 
     at: float
     desired: int
+    missing: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,10 @@ def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
             left = settings.cooldown_seconds - (now - last.at)
             return Decision(set_desired=None, reason=f"cooldown: {left:.1f}s left, "
                             f"{clamped} not above the {last.desired} last set", **base)
-        # A need larger than anything we asked for within the cooldown is a new shortage,
-        # not a repeat of the one we already answered: waiting costs claims, and each such
-        # call must exceed the previous one, so at most MaxSize of them can ever happen.
+        # More machines than we asked for last time means demand grew since (a new burst),
+        # not that the ASG has yet to catch up with our call (desired and booting already
+        # hold that). Its claims should not wait out the cooldown; each such call must
+        # exceed the previous one, so their number is bounded by the growth in demand.
         return Decision(set_desired=clamped, reason=f"larger shortage within cooldown: "
                         f"{missing} missing, {clamped} > {last.desired} last set", **base)
     return Decision(set_desired=clamped, reason=f"{missing} missing: desired "

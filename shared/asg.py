@@ -103,6 +103,16 @@ class Asg:
             ))
         return out
 
+    @aws_call
+    def instance_addresses(self, instance_id: str) -> dict[str, Any]:
+        """What EC2 says of one instance: IPs, type, zone (the simulated fleet uses it)."""
+        resp = self.ec2.describe_instances(InstanceIds=[instance_id])
+        inst = resp["Reservations"][0]["Instances"][0]
+        return {"private_ip": inst.get("PrivateIpAddress"),
+                "public_ip": inst.get("PublicIpAddress"),
+                "instance_type": inst.get("InstanceType"),
+                "availability_zone": inst.get("Placement", {}).get("AvailabilityZone")}
+
     # --- bootstrap (local pools against moto) -----------------------------------------
     @aws_call
     def ensure_group(self, *, launch_template: str, ami_id: str, instance_type: str,

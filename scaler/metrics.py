@@ -1,0 +1,40 @@
+"""The scaler's Prometheus metrics, on the registry its /metrics serves."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ScalerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.scale_calls = Counter("workerpool_scale_calls_total",
+                                   "SetDesiredCapacity calls made", registry=r)
+        self.desired = Gauge("workerpool_desired_capacity", "the ASG's DesiredCapacity",
+                             registry=r)
+        self.max_size = Gauge("workerpool_max_size", "the ASG's MaxSize", registry=r)
+        self.missing = Gauge("workerpool_missing_workers",
+                             "TARGET_AVAILABLE + waiting - free - booting (>= 0)", registry=r)
+        self.workers = Gauge("workerpool_scaler_workers", "workers by status, as counted",
+                             ["status"], registry=r)
+        self.waiting = Gauge("workerpool_scaler_waiting_claims",
+                             "claims waiting, as last reported", registry=r)
+        self.capacity_ok = Gauge("workerpool_capacity_ok",
+                                 "1 when the pool can grow, 0 at MaxSize or failing launches",
+                                 registry=r)
+        self.launch_failures = Counter("workerpool_launch_failures_total",
+                                       "failed or cancelled ASG scaling activities seen",
+                                       registry=r)
+        self.protection = Counter("workerpool_protection_changes_total",
+                                  "instances (un)protected from scale-in", ["protected"],
+                                  registry=r)
+        self.drained = Counter("workerpool_surplus_drained_total",
+                               "free workers handed back as surplus", registry=r)
+        self.events = Counter("workerpool_scaling_events_total",
+                              "events from dispatchers", ["type"], registry=r)
+        self.active = Gauge("workerpool_scaler_active", "1 on the active replica", registry=r)
+        self.reconcile_seconds = Histogram("workerpool_reconcile_seconds",
+                                           "one reconcile pass", registry=r)
+        self.errors = Counter("workerpool_scaler_errors_total", "reconcile passes that failed",
+                              registry=r)
+        self.capacity_ok.set(1)
