@@ -9,7 +9,7 @@ import base64
 import logging
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseParserError
 
 from shared.aws import aws_call, client, error_code, error_message
 from shared.errors import AwsError
@@ -76,8 +76,12 @@ class Asg:
             self.api.terminate_instance_in_auto_scaling_group(
                 InstanceId=instance_id, ShouldDecrementDesiredCapacity=decrement)
             return True
-        except StopIteration:  # moto 5.2's answer for an unknown instance (AWS: ValidationError)
-            return False
+        except (StopIteration, ResponseParserError):
+            # moto 5.2's answer for an instance no longer in the group (in-process: a raw
+            # StopIteration; through its server: an HTML 500). AWS says ValidationError.
+            if instance_id not in {i.instance_id for i in self.describe().instances}:
+                return False
+            raise
         except ClientError as exc:
             msg = error_message(exc).lower()
             if error_code(exc) == "ValidationError" and ("not found" in msg
