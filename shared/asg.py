@@ -9,7 +9,8 @@ import base64
 import logging
 from typing import Any
 
-from botocore.exceptions import ClientError, ResponseParserError
+from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError
 
 from shared.aws import aws_call, client, error_code, error_message
 from shared.errors import AwsError
