@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.clock import iso
+from shared.topology import ARRIVED_HEADER
 from shared.messages import ClaimReply, LeaseReply, WorkerInfo
 from shared.state import AsgState, Worker
 
@@ -20,6 +21,9 @@ from shared.state import AsgState, Worker
 CAPACITY_FRESH_SECONDS = 60.0
 #: A shortage event is repeated this often while the pool stays short.
 SHORTAGE_REPEAT_SECONDS = 5.0
+#: A worker this dispatcher just tried to lease is skipped this long by its other threads
+#: (the index may still list it as free for a moment).
+RECENTLY_TRIED_SECONDS = 2.0
 #: The ASG membership cache is refreshed at most this often (DescribeAutoScalingGroups).
 ASG_REFRESH_SECONDS = 1.0
 
@@ -88,6 +92,12 @@ def claim_step(recalled: dict[str, Any] | None, held: Sequence[Worker], max_leas
     return "lease"
 
 
+def untried(candidates: Sequence[Worker], busy: frozenset[str]) -> list[Worker]:
+    """Candidates no thread of ours is leasing now or tried a moment ago, in the order
+    given (the loop shuffles: several dispatchers read the same index page)."""
+    return [w for w in candidates if w.instance_id not in busy]
+
+
 def no_free_worker(wait_seconds: int) -> Literal["unavailable", "wait"]:
     """``wait_seconds: 0`` means a free worker now or ``unavailable`` now (PROTOCOL §3)."""
     return "unavailable" if wait_seconds <= 0 else "wait"
@@ -99,6 +109,13 @@ def arrived_at(header: Any, now: float) -> float:
     if isinstance(header, (int, float)) and not isinstance(header, bool) and 0 < header <= now:
         return float(header)
     return now
+
+
+def waiting_headers(headers: dict[str, Any], arrived: float) -> dict[str, Any]:
+    """Headers of a claim sent to wait: the client's own, plus its first arrival in whole
+    epoch seconds (AMQP tables carry no floats); the broker's delivery count is its own."""
+    kept = {k: v for k, v in headers.items() if not k.startswith("x-delivery-")}
+    return {**kept, ARRIVED_HEADER: int(arrived)}
 
 
 def reserve_capacity(capacity: Capacity | None, now: float) -> Capacity | None:

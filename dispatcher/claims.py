@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,10 @@ from shared.store import RequestSeen, Store, UserAtLimit
 
 log = logging.getLogger("workerpool.dispatcher")
 
-#: Free workers asked for per index query. Several dispatchers ask the same index at once,
-#: so each shuffles its candidates; a round lost entirely to races is followed by a fresh
+#: Free workers asked for per index query (a page of 25 is still one read request).
+#: Several dispatchers ask the same index at once, so each shuffles its candidates; a round lost entirely to races is followed by a fresh
 #: query (the index no longer lists the workers just leased), up to ROUNDS times.
-CANDIDATES = 10
+CANDIDATES = 25
 ROUNDS = 5
 
 
@@ -42,6 +43,40 @@ class Assignment:
     new_lease: Worker | None = None
 
 
+class Busy:
+    """Workers this process is leasing now or leased a moment ago (thread-safe).
+
+    Our own threads skip them: without this, 8 threads reading the same index page race
+    each other for the same few workers, and every lost race is a wasted transaction. The
+    "moment ago" part covers the index lag of DynamoDB (a GSI is eventually consistent: a
+    worker leased just now may still be listed as free for a fraction of a second).
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def snapshot(self, now: float) -> frozenset[str]:
+        with self._lock:
+            for iid in [i for i, t in self._until.items() if t <= now]:
+                del self._until[iid]
+            return frozenset(self._until)
+
+    def take(self, instance_id: str, now: float) -> bool:
+        with self._lock:
+            if self._until.get(instance_id, 0.0) > now:
+                return False
+            self._until[instance_id] = float("inf")
+            return True
+
+    def done(self, instance_id: str, now: float, taken: bool) -> None:
+        with self._lock:
+            if taken:
+                self._until[instance_id] = now + assign.RECENTLY_TRIED_SECONDS
+            else:
+                self._until.pop(instance_id, None)
+
+
 class ClaimService:
     def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
                  metrics: Metrics, pool_view: Callable[[], assign.PoolView]) -> None:
@@ -51,6 +86,7 @@ class ClaimService:
         self.clock = clock
         self.metrics = metrics
         self.pool_view = pool_view
+        self._busy = Busy()
 
     # --- the claim path -------------------------------------------------------------------
     def handle(self, d: Delivery, req: ClaimRequest, received: float) -> None:
@@ -68,7 +104,7 @@ class ClaimService:
         # wait in the single-active-consumer queue, keeping the client's reply address
         self.broker.publish(topology.WAITING, d.body, reply_to=d.reply_to,
                             correlation_id=d.correlation_id,
-                            headers={**d.headers, topology.ARRIVED_HEADER: arrived})
+                            headers=assign.waiting_headers(d.headers, arrived))
         log.info("claim waits for a free worker",
                  extra={"request_id": req.request_id, "user_id": req.user_id,
                         "wait_seconds": wait})
@@ -87,11 +123,14 @@ class ClaimService:
         if step == "existing":
             return Assignment(self._existing(req, held))
         for _ in range(ROUNDS):
-            candidates = self.store.find_free(limit=CANDIDATES)
-            if not candidates:
+            found = self.store.find_free(limit=CANDIDATES)
+            if not found:
                 return None
-            random.shuffle(candidates)
-            for worker in candidates:
+            random.shuffle(found)
+            for worker in assign.untried(found, self._busy.snapshot(self.clock.now())):
+                if not self._busy.take(worker.instance_id, self.clock.now()):
+                    continue  # another thread of ours picked it a moment ago
+                taken = True  # whether the worker is no longer free after this try
                 try:
                     leased = self.store.lease(
                         worker, user_id=req.user_id, request_id=req.request_id,
@@ -99,14 +138,18 @@ class ClaimService:
                         now=self.clock.now(), max_leases=self.s.max_leases_per_user,
                         remember_seconds=self.s.request_memory_seconds)
                 except RequestSeen as exc:  # a duplicate was answered meanwhile
+                    taken = False
                     return Assignment(self._repeat(req, exc.outcome))
                 except UserAtLimit:  # the user's other claim won meanwhile
+                    taken = False
                     held = self.store.user_leases(req.user_id)
                     if held:
                         return Assignment(self._existing(req, held))
                     continue
                 except ConditionFailed:  # another dispatcher took it: next candidate
                     continue
+                finally:
+                    self._busy.done(worker.instance_id, self.clock.now(), taken)
                 reply = assign.assigned_reply(req.request_id, leased, self.s.code_server_port)
                 return Assignment(reply, new_lease=leased)
         return None

@@ -166,8 +166,6 @@ def _management_url() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moto.server import ThreadedMotoServer
-
     from shared import topology
     from shared.bootstrap import bootstrap
     from shared.broker import purge
@@ -193,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
               "with `rabbitmq-server -detached` (or set AMQP_URL)", file=sys.stderr)
         return 3
 
-    port = _free_port(args.moto_port)
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    from shared.motoserver import SerializedMotoServer
+
+    moto = SerializedMotoServer(port=_free_port(args.moto_port)).start()
+    endpoint = moto.endpoint
     env["AWS_ENDPOINT_URL"] = endpoint
 
     dev = Dev(args)

@@ -23,6 +23,9 @@ from shared.config import Settings, load_settings
 from shared.errors import AwsUnavailable, BrokerUnavailable, ConfigError
 from shared.health import HealthServer
 
+lifecycle = logging.getLogger("workerpool.lifecycle")
+lifecycle.setLevel(logging.INFO)
+
 
 class Runtime:
     def __init__(self, process: str, settings: Settings | None = None) -> None:
@@ -36,7 +39,8 @@ class Runtime:
 
     # signals only set a flag (and call registered non-blocking stoppers)
     def _signal(self, signum: int, frame: FrameType | None) -> None:
-        self.log.info("stopping", extra={"event": "stopping", "signal": signal.Signals(signum).name})
+        lifecycle.info("stopping", extra={"event": "stopping",
+                                          "signal": signal.Signals(signum).name})
         self._stop.set()
         for fn in self._on_stop:
             fn()
@@ -53,8 +57,9 @@ class Runtime:
         return self._stop.wait(seconds)
 
     def ready(self, **fields: Any) -> None:
-        self.log.info("ready", extra={"event": "ready", "health_port": self.health.port,
-                                      **fields})
+        # lifecycle lines are logged whatever LOG_LEVEL says: operators and `dev` wait for them
+        lifecycle.info("ready", extra={"event": "ready", "health_port": self.health.port,
+                                       **fields})
 
     def __enter__(self) -> Runtime:
         signal.signal(signal.SIGTERM, self._signal)
@@ -66,7 +71,7 @@ class Runtime:
                  tb: TracebackType | None) -> bool:
         self.health.stop()
         if ev is None:
-            self.log.info("stopped", extra={"event": "stopped"})
+            lifecycle.info("stopped", extra={"event": "stopped"})
             return False
         if isinstance(ev, (KeyboardInterrupt,)):
             return True

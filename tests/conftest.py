@@ -42,13 +42,12 @@ def amqp_url() -> str:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """One ThreadedMotoServer for the whole session (stop() costs ~0.5 s)."""
-    from moto.server import ThreadedMotoServer
+    """One moto server for the whole session, answering one request at a time (see
+    shared/motoserver.py for why: moto's DynamoDB is not atomic under concurrency)."""
+    from shared.motoserver import SerializedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    server = SerializedMotoServer().start()
+    yield server.endpoint
     server.stop()
 
 

@@ -1,0 +1,47 @@
+"""``python -m dispatcher``: wiring only (the story is in loop.py)."""
+
+from __future__ import annotations
+
+import sys
+
+from dispatcher.loop import Dispatcher
+from dispatcher.metrics import Metrics
+from shared.asg import Asg
+from shared.broker import Broker, Consumer
+from shared.config import connection_name
+from shared.runtime import Runtime
+from shared.store import Store
+
+#: Unacked messages per queue on our one channel. It bounds claims in flight per dispatcher
+#: and how many waiting claims the waiting room holds at once (the rest wait, in order, in
+#: the queue), and lets heartbeats pile up enough to be coalesced and written in parallel.
+PREFETCH = 200
+
+
+def main() -> int:
+    with Runtime("dispatcher") as rt:
+        s = rt.settings
+        store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        asg = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        broker = Broker(s.amqp_url, "dispatcher")
+        consumer = Consumer(s.amqp_url, connection_name("dispatcher"), prefetch=PREFETCH)
+        dispatcher = Dispatcher(settings=s, store=store, asg=asg, broker=broker,
+                                consumer=consumer, metrics=Metrics(rt.health.registry))
+        dispatcher.attach()
+        rt.health.add_check("broker", dispatcher.broker_check)
+        rt.health.add_check("aws", dispatcher.aws_check)
+        rt.on_stop(consumer.stop)
+        announced: list[bool] = []
+
+        def ready() -> None:
+            if not announced:
+                announced.append(True)
+                rt.ready(threads=s.dispatcher_threads)
+
+        consumer.on_connect(ready)
+        dispatcher.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
