@@ -12,6 +12,7 @@ Used only for local pools and tests; moto is a test dependency.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from typing import Any
@@ -26,6 +27,7 @@ class SerializedMotoServer:
         )
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
         inner = DomainDispatcherApplication(create_backend_app)
         lock = threading.Lock()
 
