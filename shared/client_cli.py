@@ -165,7 +165,7 @@ def snapshot() -> dict[str, Any]:
             "user_id": w.user_id,
             "lease_left_seconds": int(w.lease_expiry - now) if w.status == "leased" else None,
             "lease_expiry": iso(w.lease_expiry) if w.lease_expiry else None,
-            "heartbeat_age_seconds": round(now - w.last_heartbeat, 1),
+            "heartbeat_age_seconds": round(max(0.0, now - w.last_heartbeat), 1),
             "private_ip": w.private_ip, "public_ip": w.public_ip, "reason": w.reason,
         } for w in workers],
         "totals": totals,
