@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 
+from agent.commands import listen
 from agent.heartbeat import Timing
 from agent.imds import Imds
 from agent.loop import Agent
@@ -23,6 +24,8 @@ log = logging.getLogger("workerpool.agent")
 
 #: PROTOCOL §1 asks for an exit within 10 s of SIGTERM; this is the hard stop behind it.
 STOP_DEADLINE = 9.0
+#: Longest wait at start for the command queue before registering anyway.
+COMMANDS_READY_WAIT = 5.0
 
 
 def _hard_stop() -> None:
@@ -74,6 +77,16 @@ def main() -> int:
         if agent.wait_for_identity() is not None:
             assert agent.identity is not None
             instance_id = agent.identity.instance_id
+            commands = listen(settings=s, connection_name=name, instance_id=instance_id,
+                              code_server_url=s.code_server_url)
+            rt.on_stop(commands.stop)
+            # listen before registering, so a dispatcher that leases us finds the queue;
+            # a broker that is down does not hold the registration loop up for long
+            waited = 0.0
+            while not commands.own_ready.is_set() and waited < COMMANDS_READY_WAIT:
+                if rt.wait(0.05):
+                    break
+                waited += 0.05
             agent.run(on_first_registration=lambda: rt.ready(instance_id=instance_id))
             agent.deregister()
         publisher.close()

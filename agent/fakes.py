@@ -13,11 +13,15 @@ gets 401, a PUT without a TTL header gets 400.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -178,8 +182,12 @@ class FakeImds(_Server):
 class _CodeServerHandler(_Handler):
     def do_GET(self) -> None:  # noqa: N802
         fake: FakeCodeServer = self.fake
+        path = self.path.split("?")[0]
+        if path == "/config":  # the fake's own: what a real code-server would have read
+            self._send(200, json.dumps(fake.config()), "application/json")
+            return
         fake.probes += 1
-        if self.path.split("?")[0] != "/healthz":
+        if path != "/healthz":
             self._send(404, "Not Found")
         elif fake.healthy:
             self._send(200, '{"status":"alive","lastHeartbeat":0}', "application/json")
@@ -188,9 +196,33 @@ class _CodeServerHandler(_Handler):
 
 
 class FakeCodeServer(_Server):
-    """code-server's ``/healthz``: 200 while ``healthy``, else 503."""
+    """code-server's ``/healthz``: 200 while ``healthy``, else 503.
 
-    def __init__(self) -> None:
+    ``config_path``: its config.yaml (the agent's CODE_SERVER_CONFIG); ``config()`` and
+    ``GET /config`` report its ``auth`` and ``hashed-password``, and ``accepts(password)``
+    checks a password against that hash the way code-server does (SHA-256 hex form).
+    """
+
+    def __init__(self, config_path: str | Path | None = None) -> None:
         super().__init__(_CodeServerHandler)
         self.healthy = True
         self.probes = 0
+        self.config_path = Path(config_path) if config_path else None
+
+    def config(self) -> dict[str, str | None]:
+        """``auth`` and ``hashed_password`` as the config file holds them (None: absent)."""
+        found: dict[str, str | None] = {"auth": None, "hashed_password": None}
+        try:
+            text = self.config_path.read_text() if self.config_path else ""
+        except FileNotFoundError:
+            text = ""
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("auth", "hashed-password"):
+                found[key.replace("-", "_")] = value.strip().strip('"')
+        return found
+
+    def accepts(self, password: str) -> bool:
+        hashed = self.config()["hashed_password"]
+        return bool(hashed) and hmac.compare_digest(
+            hashlib.sha256(password.encode()).hexdigest(), hashed or "")

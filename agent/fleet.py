@@ -18,13 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from agent.fakes import FakeCodeServer, FakeImds
@@ -69,6 +72,8 @@ class SimVm:
             "imds_url": self.imds.url if self.imds else None,
             "code_server_url": self.code_server.url if self.code_server else None,
             "code_server_healthy": self.code_server.healthy if self.code_server else None,
+            "code_server_config": (str(self.code_server.config_path)
+                                   if self.code_server else None),
             **self.addresses,
         }
 
@@ -92,6 +97,7 @@ class Fleet:
         self.lock = threading.RLock()
         self.last_describe_ok: float | None = None
         self._out_lock = threading.Lock()
+        self.config_dir = Path(tempfile.mkdtemp(prefix="workerpool-fleet-"))
 
     # --- one pass ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -154,7 +160,8 @@ class Fleet:
         if vm.imds is None:
             vm.addresses = self._addresses(vm.instance_id)
             vm.imds = FakeImds(instance_id=vm.instance_id, **vm.addresses).start()
-            vm.code_server = FakeCodeServer().start()
+            vm.code_server = FakeCodeServer(
+                config_path=self.config_dir / vm.instance_id / "config.yaml").start()
         assert vm.code_server is not None
         env = {**os.environ,
                "AMQP_URL": self.settings.amqp_url,
@@ -163,6 +170,8 @@ class Fleet:
                "HEALTH_PORT": "0",
                "AWS_EC2_METADATA_SERVICE_ENDPOINT": vm.imds.url,
                "CODE_SERVER_URL": vm.code_server.url,
+               # per-lease passwords land in this VM's own config file
+               "CODE_SERVER_CONFIG": str(vm.code_server.config_path),
                "PYTHONUNBUFFERED": "1"}
         for leak in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             env.pop(leak, None)  # a real VM's agent has no AWS credentials and needs none
@@ -265,6 +274,7 @@ class Fleet:
             self._reap(time.monotonic())
             for vm in self.vms.values():
                 self._drop_fakes(vm)
+        shutil.rmtree(self.config_dir, ignore_errors=True)
 
 
 def parse_fail_boot(value: str) -> tuple[set[str], int]:

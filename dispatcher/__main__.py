@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 
+from agent.ownqueue import OwnQueueConsumer, confirm_queue
 from dispatcher.loop import Dispatcher
 from dispatcher.metrics import Metrics
+from dispatcher.passwords import Passwords
 from shared.asg import Asg
 from shared.broker import Broker, Consumer
 from shared.config import connection_name
 from shared.runtime import Runtime
+from shared.topology import AGENTS_TOPIC_EXCHANGE
 from shared.store import Store
 
 #: Unacked messages per queue on our one channel. It bounds claims in flight per dispatcher
@@ -24,9 +27,21 @@ def main() -> int:
         store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
         asg = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
         broker = Broker(s.amqp_url, "dispatcher")
-        consumer = Consumer(s.amqp_url, connection_name("dispatcher"), prefetch=PREFETCH)
+        name = connection_name("dispatcher")
+        passwords: Passwords | None = None
+        if s.lease_passwords:
+            # the agents' confirmations come to a queue of our own, on the consumer's
+            # connection; bound to amq.topic too, for agents confined to that exchange
+            passwords = Passwords(broker=broker, confirm_queue=confirm_queue(name),
+                                  timeout=s.password_confirm_seconds)
+            consumer: Consumer = OwnQueueConsumer(
+                s.amqp_url, name, prefetch=PREFETCH, queue=passwords.confirm_queue,
+                handler=passwords.on_confirm, bind_exchange=AGENTS_TOPIC_EXCHANGE)
+        else:
+            consumer = Consumer(s.amqp_url, name, prefetch=PREFETCH)
         dispatcher = Dispatcher(settings=s, store=store, asg=asg, broker=broker,
-                                consumer=consumer, metrics=Metrics(rt.health.registry))
+                                consumer=consumer, metrics=Metrics(rt.health.registry),
+                                passwords=passwords)
         dispatcher.attach()
         rt.health.add_check("broker", dispatcher.broker_check)
         rt.health.add_check("aws", dispatcher.aws_check)
@@ -36,7 +51,7 @@ def main() -> int:
         def ready() -> None:
             if not announced:
                 announced.append(True)
-                rt.ready(threads=s.dispatcher_threads)
+                rt.ready(threads=s.dispatcher_threads, lease_passwords=s.lease_passwords)
 
         consumer.on_connect(ready)
         dispatcher.run()

@@ -206,15 +206,41 @@ def repeated_claim_reply(request_id: str, outcome: dict[str, Any], worker: Worke
     its current lease expiry (only renew extends it)."""
     status = outcome.get("status")
     if status == "assigned" and outcome.get("instance_id"):
-        if worker is None:  # recycled since: the same worker, as far as we still know it
+        if worker is None:
+            # recycled since: the same worker, as the remembered outcome describes it
             worker = Worker(instance_id=str(outcome["instance_id"]), status="draining",
-                            last_heartbeat=0.0)
+                            last_heartbeat=0.0, public_ip=outcome.get("public_ip"),
+                            private_ip=outcome.get("private_ip"),
+                            lease_expiry=float(outcome.get("lease_expiry") or 0))
         return assigned_reply(request_id, worker, port)
     if status == "unavailable":
         return ClaimReply(request_id=request_id, status="unavailable",
                           reason=outcome.get("reason"))
     return ClaimReply(request_id=request_id, status="rejected",
                       reason="request_id: already used by a release or renew of this user")
+
+
+# --- per-lease passwords (LEASE_PASSWORDS) -------------------------------------------------
+#: The ``reason`` of a worker taken out because its agent did not confirm the password.
+PASSWORD_NOT_CONFIRMED = "password not confirmed"
+#: The ``reason`` of an ``assigned`` reply without the password: a repeated request, or a
+#: user at MAX_LEASES_PER_USER getting their worker back. The password is never stored.
+PASSWORD_SENT_ONCE = ("password: sent only in the first reply for this lease (never stored); "
+                      "release the worker and claim again for a new one")
+
+
+def with_password(reply: ClaimReply, password: str) -> ClaimReply:
+    """The assigned reply carrying the lease's password (to the claimant only)."""
+    assert reply.worker is not None
+    return reply.model_copy(update={"worker": reply.worker.model_copy(
+        update={"password": password})})
+
+
+def password_note(reply: ClaimReply) -> ClaimReply:
+    """An ``assigned`` reply that cannot carry the password says why in ``reason``."""
+    if reply.status != "assigned" or (reply.worker and reply.worker.password):
+        return reply
+    return reply.model_copy(update={"reason": PASSWORD_SENT_ONCE})
 
 
 def unavailable_outcome(reason: str) -> dict[str, Any]:

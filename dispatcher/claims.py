@@ -17,6 +17,7 @@ from typing import Any
 
 from dispatcher import assign
 from dispatcher.metrics import Metrics
+from dispatcher.passwords import Passwords
 from shared import topology
 from shared.broker import Broker, Delivery
 from shared.clock import Clock
@@ -79,8 +80,10 @@ class Busy:
 
 class ClaimService:
     def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
-                 metrics: Metrics, pool_view: Callable[[], assign.PoolView]) -> None:
+                 metrics: Metrics, pool_view: Callable[[], assign.PoolView],
+                 passwords: Passwords | None = None) -> None:
         self.s = settings
+        self.passwords = passwords  # set: LEASE_PASSWORDS is on
         self.store = store
         self.broker = broker
         self.clock = clock
@@ -151,7 +154,32 @@ class ClaimService:
                 finally:
                     self._busy.done(worker.instance_id, self.clock.now(), taken)
                 reply = assign.assigned_reply(req.request_id, leased, self.s.code_server_port)
-                return Assignment(reply, new_lease=leased)
+                if self.passwords is None:
+                    return Assignment(reply, new_lease=leased)
+                password = self._password(req, leased)
+                if password is not None:
+                    return Assignment(assign.with_password(reply, password), new_lease=leased)
+                # its code-server's password is unknown now: nobody gets it; next candidate
+        return None
+
+    def _password(self, req: ClaimRequest, leased: Worker) -> str | None:
+        """A per-lease password confirmed by the worker's agent, or None after taking the
+        worker out (draining, so the reaper recycles it) and undoing the lease."""
+        assert self.passwords is not None
+        ids = {"request_id": req.request_id, "user_id": req.user_id,
+               "instance_id": leased.instance_id}
+        password = self.passwords.set_for(leased.instance_id, ids)
+        if password is not None:
+            self.metrics.passwords.labels(result="set").inc()
+            return password
+        try:
+            self.store.abandon(leased.instance_id, user_id=req.user_id,
+                               request_id=req.request_id, now=self.clock.now(),
+                               reason=assign.PASSWORD_NOT_CONFIRMED)
+        except ConditionFailed:  # taken out meanwhile (deregistered, reaped): fine
+            pass
+        self.metrics.passwords.labels(result="not_confirmed").inc()
+        log.warning("worker taken out: %s", assign.PASSWORD_NOT_CONFIRMED, extra=ids)
         return None
 
     def deliver(self, d: Delivery, req: ClaimRequest, got: Assignment, arrived: float
@@ -183,8 +211,12 @@ class ClaimService:
         log.info("repeated claim answered with its first outcome",
                  extra={"request_id": req.request_id, "user_id": req.user_id,
                         "status": outcome.get("status")})
-        return assign.repeated_claim_reply(req.request_id, outcome, worker,
-                                           self.s.code_server_port)
+        return self._noted(assign.repeated_claim_reply(req.request_id, outcome, worker,
+                                                       self.s.code_server_port))
+
+    def _noted(self, reply: ClaimReply) -> ClaimReply:
+        """With LEASE_PASSWORDS, an assigned reply without its password says why."""
+        return reply if self.passwords is None else assign.password_note(reply)
 
     def _existing(self, req: ClaimRequest, held: list[Worker]) -> ClaimReply:
         worker = held[0]
@@ -193,7 +225,8 @@ class ClaimService:
             now=self.clock.now(), remember_seconds=self.s.request_memory_seconds)
         if stands.get("instance_id") != worker.instance_id:
             return self._repeat(req, stands)
-        return assign.assigned_reply(req.request_id, worker, self.s.code_server_port)
+        return self._noted(assign.assigned_reply(req.request_id, worker,
+                                                 self.s.code_server_port))
 
     # --- answering ------------------------------------------------------------------------
     def answer_unavailable(self, d: Delivery, req: ClaimRequest, reason: str,

@@ -8,6 +8,8 @@
 * ``workerpool.agents``: register, heartbeat, deregister (``agents.py``).
 * ``workerpool.capacity`` (fanout from the scaler): whether the pool can grow.
 * every second: tell the scaler about a shortage (free < TARGET_AVAILABLE, or waiting).
+* ``workerpool.confirm.<this dispatcher>`` (LEASE_PASSWORDS only, exclusive): agents confirm
+  the per-lease passwords here (``passwords.py``).
 
 The consumer thread only decodes and hands out; anything that touches DynamoDB runs on a
 ``ThreadPoolExecutor``. Acks go back through ``Delivery.ack`` (thread-safe), always after
@@ -29,6 +31,7 @@ from dispatcher.agents import AgentService, AsgMembers
 from dispatcher.claims import ClaimService
 from dispatcher.leases import LeaseService
 from dispatcher.metrics import Metrics
+from dispatcher.passwords import Passwords
 from dispatcher.waiting import WaitingRoom
 from shared import topology
 from shared.asg import Asg
@@ -60,7 +63,8 @@ AWS_CHECK_SECONDS = 5.0
 
 class Dispatcher:
     def __init__(self, *, settings: Settings, store: Store, asg: Asg, broker: Broker,
-                 consumer: Consumer, metrics: Metrics, clock: Clock | None = None) -> None:
+                 consumer: Consumer, metrics: Metrics, clock: Clock | None = None,
+                 passwords: Passwords | None = None) -> None:
         self.s = settings
         self.store = store
         self.broker = broker
@@ -72,7 +76,8 @@ class Dispatcher:
         self.members = AsgMembers(asg)
         self.free_count: int | None = None
         self.claims = ClaimService(settings=settings, store=store, broker=broker,
-                                   clock=self.clock, metrics=metrics, pool_view=self.pool_view)
+                                   clock=self.clock, metrics=metrics, pool_view=self.pool_view,
+                                   passwords=passwords)
         self.leases = LeaseService(settings=settings, store=store, broker=broker,
                                    clock=self.clock, metrics=metrics)
         self.agents = AgentService(store=store, members=self.members, asg_name=asg.name,

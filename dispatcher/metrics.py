@@ -34,3 +34,6 @@ class Metrics:
         self.leases = Counter("workerpool_lease_requests_total",
                               "Release and renew requests answered, by status", ["status"],
                               registry=registry)
+        self.passwords = Counter("workerpool_lease_passwords_total",
+                                 "Per-lease code-server passwords, by result "
+                                 "(set, not_confirmed)", ["result"], registry=registry)

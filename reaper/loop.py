@@ -194,6 +194,7 @@ class Reaper:
                         extra={**ids, "status": exc.item.get("status"),
                                "event": "recycle_refused"})
             return LOST
+        self.store.tombstone(a.instance_id, now=now)  # its agent may not register again
         terminated = False
         if a.in_group:
             try:

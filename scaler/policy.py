@@ -118,16 +118,13 @@ def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
         reason = "nothing missing" if not missing else f"at MaxSize {asg.max_size}"
         return Decision(set_desired=None, reason=reason, **base)
     if last is not None and now - last.at < settings.cooldown_seconds:
-        if clamped <= last.desired:
-            left = settings.cooldown_seconds - (now - last.at)
-            return Decision(set_desired=None, reason=f"cooldown: {left:.1f}s left, "
-                            f"{clamped} not above the {last.desired} last set", **base)
-        # More machines than we asked for last time means demand grew since (a new burst),
-        # not that the ASG has yet to catch up with our call (desired and booting already
-        # hold that). Its claims should not wait out the cooldown; each such call must
-        # exceed the previous one, so their number is bounded by the growth in demand.
-        return Decision(set_desired=clamped, reason=f"larger shortage within cooldown: "
-                        f"{missing} missing, {clamped} > {last.desired} last set", **base)
+        # PROTOCOL §1: COOLDOWN_SECONDS is the least time between two scale-out calls, so a
+        # shortage that grows inside it waits; the first call after it sets the whole need
+        # (the scaler debounces a burst's events before its first call, so a burst is
+        # normally met whole by that first call).
+        left = settings.cooldown_seconds - (now - last.at)
+        return Decision(set_desired=None, reason=f"cooldown: {left:.1f}s left "
+                        f"({clamped} wanted, {last.desired} last set)", **base)
     return Decision(set_desired=clamped, reason=f"{missing} missing: desired "
                     f"{asg.desired} -> {clamped}", **base)
 

@@ -82,7 +82,7 @@ class Asg:
             # StopIteration; through its server: an HTML 500). AWS says ValidationError.
             if instance_id not in {i.instance_id for i in self.describe().instances}:
                 return False
-            raise
+            raise AwsError("TerminateFailed", f"could not terminate {instance_id}") from None
         except ClientError as exc:
             msg = error_message(exc).lower()
             if error_code(exc) == "ValidationError" and ("not found" in msg

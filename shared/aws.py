@@ -66,10 +66,16 @@ def _recorder(path: str) -> Callable[..., None]:
     return record
 
 
-def client(service: str, *, region: str, endpoint_url: str | None = None) -> Any:
+#: For health checks: one try, short timeouts (an answer within ~2 s, even when AWS is not).
+QUICK_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1,
+                      read_timeout=2)
+
+
+def client(service: str, *, region: str, endpoint_url: str | None = None,
+           quick: bool = False) -> Any:
     """A boto3 client; AWS_ENDPOINT_URL (moto) is honoured when ``endpoint_url`` is given."""
     c = boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
-                     config=BOTO_CONFIG)
+                     config=QUICK_CONFIG if quick else BOTO_CONFIG)
     path = os.environ.get(RECORD_ENV)
     if path:
         c.meta.events.register("before-call", _recorder(path))

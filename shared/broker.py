@@ -91,14 +91,27 @@ def connect(url: str, name: str) -> BlockingConnection:
         raise BrokerUnavailable(f"broker at {redact_url(url)} does not answer: {exc!r}") from exc
 
 
-def declare_topology(channel: BlockingChannel) -> None:
-    """Declare every durable queue and exchange of ``shared.topology`` (idempotent)."""
+def declare_topology(channel: BlockingChannel) -> BlockingChannel:
+    """Declare every durable queue and exchange of ``shared.topology`` (idempotent).
+
+    A queue that already exists is taken as it is (checked passively): an operator, the
+    definitions file or a client may have declared it first, with other optional arguments,
+    and redeclaring it with ours would be refused (406) and close the channel. A passive
+    check of a missing queue closes the channel (404), so a fresh one is opened. Returns the
+    channel to go on with."""
     for name, kind in topology.EXCHANGES:
         channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
     for q in topology.QUEUES:
-        channel.queue_declare(queue=q.name, durable=True, arguments=q.arguments)
+        try:
+            channel.queue_declare(queue=q.name, passive=True)
+        except pe.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            channel = channel.connection.channel()
+            channel.queue_declare(queue=q.name, durable=True, arguments=q.arguments)
     for exchange, queue, key in topology.BINDINGS:
         channel.queue_bind(queue, exchange, routing_key=key)
+    return channel
 
 
 def properties(
@@ -142,8 +155,18 @@ class Publisher:
         self._conn: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._owner = threading.get_ident()
+        self._last_used = 0.0
+
+    #: Nothing services an idle publisher's connection (pika is not threaded), so after about
+    #: two missed heartbeats the broker drops it. Past this idle time we reconnect first
+    #: instead of failing one publish and logging a retry.
+    MAX_IDLE = 25.0
 
     def _ensure(self) -> BlockingChannel:
+        idle = time.monotonic() - self._last_used
+        if self._conn is not None and idle > self.MAX_IDLE:
+            self.close()
+        self._last_used = time.monotonic()
         if self._channel is None or not self._channel.is_open:
             self.close()
             self._conn = connect(self._url, self._name)
@@ -354,6 +377,7 @@ class Consumer:
             retry=retry_if_exception_type(BrokerUnavailable),
             wait=wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5),
             stop=lambda state: self._stop.is_set(),
+            sleep=self._stop.wait,  # a SIGTERM during an outage ends the backoff at once
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )
@@ -370,7 +394,7 @@ class Consumer:
         try:
             channel = conn.channel()
             if self._declare:
-                declare_topology(channel)
+                channel = declare_topology(channel)
             channel.basic_qos(prefetch_count=self._prefetch)
             pub = conn.channel()
             pub.confirm_delivery()
@@ -388,6 +412,11 @@ class Consumer:
                 )
         except CONNECTION_ERRORS as exc:
             self._drop()
+            if conn.is_open:
+                try:
+                    conn.close()
+                except CONNECTION_ERRORS:
+                    pass
             raise BrokerUnavailable(f"could not set up consumer: {exc!r}") from exc
         self.connected.set()
         log.info("consumer connected", extra={"connection_name": self._name,
@@ -445,8 +474,18 @@ class Consumer:
         conn = self._conn
         if conn is None:
             return  # the channel is gone; the broker will redeliver
+        settle = functools.partial(self._settle_now, d, how, reason)
+
+        def guarded() -> None:
+            try:
+                settle()
+            except CONNECTION_ERRORS:
+                raise
+            except Exception:  # e.g. the dead-letter queue was deleted: log, keep consuming
+                log.exception("settling a delivery failed", extra={"queue": d.queue})
+
         try:
-            conn.add_callback_threadsafe(functools.partial(self._settle_now, d, how, reason))
+            conn.add_callback_threadsafe(guarded)
         except CONNECTION_ERRORS:
             pass  # closed meanwhile: redelivered, never double-acked
 
@@ -633,7 +672,7 @@ def purge(url: str, name: str, queues: Iterable[str]) -> None:
     conn = connect(url, name)
     try:
         channel = conn.channel()
-        declare_topology(channel)
+        channel = declare_topology(channel)
         for q in queues:
             channel.queue_purge(q)
     finally:

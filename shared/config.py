@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     #: agent: "" (the default exchange, routing key workerpool.agents) or "amq.topic" where
     #: broker permissions confine agents to a topic (deploy/rabbitmq/definitions.json).
     agent_exchange: Literal["", "amq.topic"] = ""
+    #: dispatcher: per-lease code-server passwords (docs/dispatcher.md "Per-lease passwords").
+    lease_passwords: bool = False
+    #: dispatcher: how long it waits for the agent's confirmation; agent: how long it gives
+    #: the restart command and code-server's /healthz together.
+    password_confirm_seconds: float = Field(default=10, gt=0, le=120)
+    #: agent: code-server's config file (its ``hashed-password`` is set per lease).
+    code_server_config: str = Field(default="/home/ubuntu/.config/code-server/config.yaml",
+                                    min_length=1)
+    #: agent: run after writing the config (shlex-split, no shell), e.g.
+    #: ``sudo systemctl restart code-server@ubuntu``; unset: code-server is not restarted.
+    code_server_restart_command: str | None = None
 
     @field_validator("amqp_url")
     @classmethod
@@ -104,6 +115,15 @@ class Settings(BaseSettings):
         del port
         return value
 
+    @field_validator("aws_ec2_metadata_service_endpoint", "code_server_url", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: str | None, info: object) -> str:
+        """An empty value (``CODE_SERVER_URL=``) means the default, not "no URL"."""
+        if value in (None, ""):
+            name = getattr(info, "field_name", "")
+            return str(cls.model_fields[name].default)
+        return value  # type: ignore[return-value]
+
     @field_validator("aws_endpoint_url", "aws_ec2_metadata_service_endpoint", "code_server_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -118,12 +138,18 @@ class Settings(BaseSettings):
     def _derived(self) -> Settings:
         if self.heartbeat_timeout is None:
             self.heartbeat_timeout = 3 * self.heartbeat_interval
-        elif self.heartbeat_timeout <= self.heartbeat_interval:
-            raise ValueError(
-                "HEARTBEAT_TIMEOUT: must be greater than HEARTBEAT_INTERVAL "
-                f"({self.heartbeat_interval:g})"
-            )
+        # A timeout at or below the interval makes every worker look dead between beats; it
+        # is allowed (a process may only need the timeout, e.g. the reaper) but flagged.
         return self
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what was meant."""
+        out = []
+        if self.dead_after <= self.heartbeat_interval:
+            out.append(f"HEARTBEAT_TIMEOUT ({self.dead_after:g}) is not above "
+                       f"HEARTBEAT_INTERVAL ({self.heartbeat_interval:g}): workers will look "
+                       "dead between heartbeats")
+        return out
 
     # ------------------------------------------------------------------------------------
     @property

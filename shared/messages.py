@@ -102,21 +102,21 @@ class Register(Message):
     instance_type: ShortText | None = None
     availability_zone: ShortText | None = None
     agent_version: ShortText | None = None
-    sent_at: datetime
+    sent_at: datetime | None = None
 
 
 class Heartbeat(Message):
     type: Literal["heartbeat"]
     instance_id: InstanceId
     healthy: bool
-    sent_at: datetime
+    sent_at: datetime | None = None
 
 
 class Deregister(Message):
     type: Literal["deregister"]
     instance_id: InstanceId
     reason: ShortText | None = None
-    sent_at: datetime
+    sent_at: datetime | None = None
 
 
 AgentMessage = Annotated[Union[Register, Heartbeat, Deregister], Field(discriminator="type")]
@@ -155,6 +155,41 @@ class CapacityStatus(Message):
     sent_at: datetime
 
 
+# --- internal: dispatcher <-> one agent (per-lease code-server passwords) ---------------
+#: code-server's ``hashed-password``: an argon2 PHC string or the 64-hex SHA-256 of the
+#: password (code-server's src/node/util.ts getPasswordMethod). Strict, because the agent
+#: writes it into a YAML file: no spaces, quotes or newlines can get through.
+HASHED_PASSWORD = r"^([0-9a-f]{64}|\$argon2(id|i|d)\$[A-Za-z0-9+/=$,.-]{20,300})$"
+#: Where a confirmation goes: a dispatcher's own queue (also its amq.topic routing key).
+CONFIRM_QUEUE = r"^workerpool\.confirm\.[A-Za-z0-9_-]{1,200}$"
+#: Command ids are random and single-use (they are what makes a confirmation credible).
+COMMAND_ID = r"^[A-Za-z0-9_-]{16,64}$"
+
+
+class SetPassword(Message):
+    """Dispatcher → ``workerpool.agent.<instance-id>``: set code-server's hashed-password,
+    restart it, then confirm to ``confirm_to``. Carries a hash only, never the password."""
+
+    type: Literal["set_password"]
+    request_id: Annotated[str, Field(pattern=COMMAND_ID)]
+    hashed_password: Annotated[str, Field(pattern=HASHED_PASSWORD)]
+    confirm_to: Annotated[str, Field(pattern=CONFIRM_QUEUE)]
+    sent_at: datetime
+
+    def __repr_args__(self) -> Any:  # never show the hash in a repr or a traceback
+        return [(k, "***" if k == "hashed_password" else v) for k, v in super().__repr_args__()]
+
+
+class PasswordSet(Message):
+    """Agent → the dispatcher's confirm queue: the command ``request_id`` is applied and
+    code-server answers ``/healthz`` again."""
+
+    type: Literal["password_set"]
+    instance_id: InstanceId
+    request_id: Annotated[str, Field(pattern=COMMAND_ID)]
+    sent_at: datetime
+
+
 # --- decoding ----------------------------------------------------------------------------
 M = TypeVar("M")
 
@@ -173,7 +208,8 @@ def _reason(exc: ValidationError) -> str:
         loc = [str(p) for p in err["loc"]]
         # drop the union tag pydantic puts in the path ("release.instance_id" → "instance_id")
         if len(loc) > 1 and loc[0] in {"release", "renew", "register", "heartbeat", "deregister",
-                                         "shortage", "leased"}:
+                                         "shortage", "leased", "set_password",
+                                         "password_set"}:
             loc = loc[1:]
         field = ".".join(loc) or "body"
         if err["type"] == "union_tag_invalid":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from types import FrameType, TracebackType
@@ -34,7 +35,16 @@ class Runtime:
         self.log = wlogging.setup(process, self.settings.log_level)
         self._stop = threading.Event()
         self._on_stop: list[Any] = []
-        self.health = HealthServer(process=process, port=self.settings.port_for(process))
+        port = self.settings.port_for(process)
+        try:
+            self.health = HealthServer(process=process, port=port)
+        except OSError as exc:
+            print(f"workerpool {process}: bad configuration: HEALTH_PORT={port}: "
+                  f"{exc.strerror or exc} (use another port, or 0 for a free one)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+        for warning in self.settings.warnings():
+            self.log.warning(warning)
         self.started = time.monotonic()
 
     # signals only set a flag (and call registered non-blocking stoppers)

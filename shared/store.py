@@ -29,7 +29,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from shared.aws import aws_call, client, error_code
+from shared.aws import aws_call, client, error_code, translate
 from shared.errors import ConditionFailed
 from shared.state import Status, Worker
 
@@ -93,6 +93,10 @@ def request_key(user_id: str, request_id: str) -> str:
     return f"req#{user_id}#{request_id}"
 
 
+def tombstone_key(instance_id: str) -> str:
+    return f"gone#{instance_id}"
+
+
 class RequestSeen(ConditionFailed):
     """This (user, request_id) already has an outcome: ``outcome`` holds it."""
 
@@ -112,6 +116,8 @@ class Store:
                  dynamodb: Any = None) -> None:
         self.table = table
         self.db = dynamodb or client("dynamodb", region=region, endpoint_url=endpoint_url)
+        self._region, self._endpoint = region, endpoint_url
+        self._ping_client: Any = dynamodb
 
     # --- plumbing ---------------------------------------------------------------------
     def _update(self, key: str, update: str, values: dict[str, Any], *, condition: str,
@@ -167,10 +173,17 @@ class Store:
         item = unmarshal(resp.get("Item"))
         return to_worker(item) if item and "status" in item else None
 
-    def find_free(self, limit: int = 10) -> list[Worker]:
-        """Free, healthy workers, freshest heartbeat first: one index Query, never a Scan."""
+    def find_free(self, limit: int = 10, *, fresh_after: float | None = None) -> list[Worker]:
+        """Free, healthy workers, freshest heartbeat first: one index Query, never a Scan.
+        With ``fresh_after``, only those heard from since then (a silent worker is never
+        handed out, even before the reaper marks it dead): the index is sorted on it."""
+        if fresh_after is None:
+            key, values = "#s = :free", {":free": "free", ":yes": True}
+        else:
+            key = "#s = :free AND lastHeartbeat > :fresh"
+            values = {":free": "free", ":yes": True, ":fresh": fresh_after}
         items = self._query(
-            HEARTBEAT_INDEX, "#s = :free", {":free": "free", ":yes": True},
+            HEARTBEAT_INDEX, key, values,
             filter_expression="healthy = :yes", limit=limit, forward=False,
             page_size=max(limit, 10),
         )
@@ -235,26 +248,45 @@ class Store:
         values = {":free": "free", ":booting": "booting", ":now": now, ":pub": public_ip,
                   ":priv": private_ip, ":type": instance_type, ":az": availability_zone,
                   ":ver": agent_version}
-        try:
-            item = self._update(
-                instance_id,
+        new = {"Update": {
+            "TableName": self.table, "Key": {"instanceId": {"S": instance_id}},
+            "UpdateExpression":
                 "SET #s = :free, healthy = :yes, lastHeartbeat = :now, registeredAt = :now, "
                 "leaseExpiry = :zero, userId = :null, publicIp = :pub, privateIp = :priv, "
                 "instanceType = :type, availabilityZone = :az, agentVersion = :ver "
                 "REMOVE requestId, reason",
-                {**values, ":yes": True, ":zero": 0, ":null": None},
-                condition="attribute_not_exists(instanceId) OR #s = :booting",
-                what="register: already known",
-            )
-        except ConditionFailed:
-            item = self._update(
-                instance_id,
-                "SET lastHeartbeat = :now, publicIp = :pub, privateIp = :priv, "
-                "instanceType = :type, availabilityZone = :az, agentVersion = :ver",
-                {k: v for k, v in values.items() if k != ":booting"} | {":leased": "leased"},
-                condition="#s IN (:free, :leased)",
-                what="register: worker is draining or dead",
-            )
+            "ConditionExpression": "attribute_not_exists(instanceId) OR #s = :booting",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeValues": marshal(
+                {**values, ":yes": True, ":zero": 0, ":null": None}),
+        }}
+        # a recycled instance's agent may still speak while its VM shuts down: its
+        # tombstone keeps it from coming back as a free worker with the last user's disk
+        not_recycled = {"ConditionCheck": {
+            "TableName": self.table, "Key": {"instanceId": {"S": tombstone_key(instance_id)}},
+            "ConditionExpression": "attribute_not_exists(instanceId)"}}
+        try:
+            self.db.transact_write_items(TransactItems=[new, not_recycled])
+            return Worker(instance_id=instance_id, status="free", last_heartbeat=now,
+                          healthy=True, public_ip=public_ip, private_ip=private_ip,
+                          instance_type=instance_type, availability_zone=availability_zone)
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
+                raise ConditionFailed("register: this instance was recycled") from None
+            if not reasons or reasons[0] != "ConditionalCheckFailed":
+                raise ConditionFailed("register: concurrent change, try again") from None
+        # already known: a free or leased worker gets its addresses refreshed
+        item = self._update(
+            instance_id,
+            "SET lastHeartbeat = :now, publicIp = :pub, privateIp = :priv, "
+            "instanceType = :type, availabilityZone = :az, agentVersion = :ver",
+            {k: v for k, v in values.items() if k != ":booting"} | {":leased": "leased"},
+            condition="#s IN (:free, :leased)",
+            what="register: worker is draining or dead",
+        )
         return to_worker(item)
 
     @aws_call
@@ -272,12 +304,21 @@ class Store:
     def deregister(self, instance_id: str, *, now: float, reason: str = "deregistered"
                    ) -> Worker:
         """Out of the free set at once: free/leased/booting → draining."""
+        # An unknown instance gets a draining item too: a register processed after this
+        # deregister (agent messages run on several threads) is then refused, and the
+        # reaper recycles the instance (it is going away) or drops the item as an orphan.
         item = self._update(
-            instance_id, "SET #s = :draining, reason = :r, drainedAt = :now",
+            instance_id, "SET #s = :draining, reason = :r, drainedAt = :now, "
+            "lastHeartbeat = if_not_exists(lastHeartbeat, :now), "
+            "leaseExpiry = if_not_exists(leaseExpiry, :zero), "
+            "healthy = if_not_exists(healthy, :no), userId = if_not_exists(userId, :null), "
+            "publicIp = if_not_exists(publicIp, :null), "
+            "privateIp = if_not_exists(privateIp, :null)",
             {":draining": "draining", ":r": reason, ":now": now, ":free": "free",
-             ":leased": "leased", ":booting": "booting"},
-            condition="#s IN (:free, :leased, :booting)",
-            what="deregister: not a live worker",
+             ":leased": "leased", ":booting": "booting", ":zero": 0, ":no": False,
+             ":null": None},
+            condition="attribute_not_exists(instanceId) OR #s IN (:free, :leased, :booting)",
+            what="deregister: already draining or dead",
         )
         return to_worker(item)
 
@@ -301,22 +342,32 @@ class Store:
     # --- leases -----------------------------------------------------------------------
     @aws_call
     def lease(self, worker: Worker, *, user_id: str, request_id: str, lease_seconds: int,
-              now: float, max_leases: int, remember_seconds: int) -> Worker:
+              now: float, max_leases: int, remember_seconds: int,
+              fresh_after: float | None = None) -> Worker:
         """free → leased for this user, atomically with remembering the request and counting
         the user's leases. Raises ConditionFailed (worker taken), RequestSeen (request
         already answered) or UserAtLimit."""
         expiry = int(now + lease_seconds)
-        outcome = {"status": "assigned", "instance_id": worker.instance_id}
+        # the addresses go with the outcome: a repeated request is answered from it even
+        # after the worker's own item is gone (recycled)
+        outcome = {"status": "assigned", "instance_id": worker.instance_id,
+                   "public_ip": worker.public_ip, "private_ip": worker.private_ip,
+                   "lease_expiry": expiry}
+        condition = "#s = :free AND healthy = :yes"
+        fresh = {}
+        if fresh_after is not None:
+            condition += " AND lastHeartbeat > :fresh"
+            fresh = {":fresh": fresh_after}
         items = [
             {"Update": {
                 "TableName": self.table, "Key": {"instanceId": {"S": worker.instance_id}},
                 "UpdateExpression": "SET #s = :leased, userId = :u, leaseExpiry = :exp, "
                                     "requestId = :rid, leasedAt = :now",
-                "ConditionExpression": "#s = :free AND healthy = :yes",
+                "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": marshal({
                     ":leased": "leased", ":u": user_id, ":exp": expiry, ":rid": request_id,
-                    ":now": now, ":free": "free", ":yes": True}),
+                    ":now": now, ":free": "free", ":yes": True, **fresh}),
             }},
             {"Put": {
                 "TableName": self.table,
@@ -364,6 +415,25 @@ class Store:
                  ":u": user_id, ":rid": request_id},
                 condition="#s = :leased AND userId = :u AND requestId = :rid",
                 what="unlease: lease changed meanwhile",
+            )
+        finally:
+            self.forget_user_instance(user_id, instance_id)
+            self.db.delete_item(TableName=self.table,
+                                Key={"instanceId": {"S": request_key(user_id, request_id)}})
+
+    @aws_call
+    def abandon(self, instance_id: str, *, user_id: str, request_id: str, now: float,
+                reason: str) -> None:
+        """Give up a lease just made, without handing the worker back: leased → draining
+        (the reaper recycles it: e.g. its code-server is in an unknown state), and forget
+        the request's outcome and the user's count, so the claim can lease another worker."""
+        try:
+            self._update(
+                instance_id, "SET #s = :draining, reason = :r, drainedAt = :now",
+                {":draining": "draining", ":r": reason, ":now": now, ":leased": "leased",
+                 ":u": user_id, ":rid": request_id},
+                condition="#s = :leased AND userId = :u AND requestId = :rid",
+                what="abandon: lease changed meanwhile",
             )
         finally:
             self.forget_user_instance(user_id, instance_id)
@@ -471,6 +541,13 @@ class Store:
             what="recycle: worker is live again",
         )
         return to_worker(item)
+
+    @aws_call
+    def tombstone(self, instance_id: str, *, now: float, keep_seconds: int = 86400) -> None:
+        """Remember that this instance was recycled: it may never register again."""
+        self.db.put_item(TableName=self.table, Item=marshal({
+            "instanceId": tombstone_key(instance_id), "recycledAt": now,
+            TTL_ATTRIBUTE: int(now + keep_seconds)}))
 
     @aws_call
     def remove(self, instance_id: str, *, only_if_status: tuple[str, ...] | None = None
@@ -593,6 +670,13 @@ class Store:
             log.warning("could not enable TTL", extra={"error": str(exc)})
         return True
 
-    @aws_call
     def ping(self) -> None:
-        self.db.describe_table(TableName=self.table)
+        """One quick DescribeTable for /health: no retries, short timeouts, so a health
+        check answers in about a second even when AWS does not."""
+        if self._ping_client is None:
+            self._ping_client = client("dynamodb", region=self._region,
+                                       endpoint_url=self._endpoint, quick=True)
+        try:
+            self._ping_client.describe_table(TableName=self.table)
+        except Exception as exc:
+            raise translate(exc) from exc

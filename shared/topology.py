@@ -54,16 +54,31 @@ def _quorum(**extra: Any) -> dict[str, Any]:
     }
 
 
+#: The public queues are declared with nothing but their type: clients and operators may
+#: declare them too (PROTOCOL §2 names only "quorum"), and a declare with other optional
+#: arguments would be refused. Dead-lettering and the delivery limit of these queues come
+#: from the broker policy below (in the definitions file), which can change without
+#: redeclaring anything. Invalid messages never depend on it: services copy them to the
+#: dead-letter queue themselves, with x-workerpool-reason.
+PUBLIC = {"x-queue-type": "quorum"}
+
 QUEUES: tuple[QueueSpec, ...] = (
-    QueueSpec(DEAD_LETTER, "messages no service could use, with x-workerpool-reason",
-              {"x-queue-type": "quorum"}),
-    QueueSpec(CLAIMS, "claim requests from clients; dispatchers compete", _quorum()),
-    QueueSpec(LEASES, "release and renew requests from clients; dispatchers compete", _quorum()),
-    QueueSpec(AGENTS, "register / heartbeat / deregister from worker agents", _quorum()),
+    QueueSpec(DEAD_LETTER, "messages no service could use, with x-workerpool-reason", PUBLIC),
+    QueueSpec(CLAIMS, "claim requests from clients; dispatchers compete", PUBLIC),
+    QueueSpec(LEASES, "release and renew requests from clients; dispatchers compete", PUBLIC),
+    QueueSpec(AGENTS, "register / heartbeat / deregister from worker agents", PUBLIC),
     QueueSpec(WAITING, "claims waiting for a free worker, served in arrival order by one "
               "dispatcher", _quorum(**{"x-single-active-consumer": True})),
     QueueSpec(SCALING, "shortage and leased events for the active scaler",
               _quorum(**{"x-max-length": 1000, "x-overflow": "drop-head"})),
+)
+
+#: Broker policy for the public request queues (deploy/rabbitmq/definitions.json).
+POLICIES: tuple[dict[str, Any], ...] = (
+    {"name": "workerpool-requests", "pattern": r"^workerpool\.(claims|leases|agents)$",
+     "apply-to": "queues", "priority": 0,
+     "definition": {"dead-letter-exchange": "", "dead-letter-routing-key": DEAD_LETTER,
+                    "delivery-limit": DELIVERY_LIMIT}},
 )
 
 EXCHANGES: tuple[tuple[str, str], ...] = ((CAPACITY_EXCHANGE, "fanout"),)
@@ -85,6 +100,7 @@ def definitions(vhost: str = "/") -> dict[str, Any]:
              "internal": False, "arguments": {}}
             for name, kind in EXCHANGES
         ],
+        "policies": [{**p, "vhost": vhost} for p in POLICIES],
         "bindings": [
             {"source": src, "vhost": vhost, "destination": queue, "destination_type": "queue",
              "routing_key": key, "arguments": {}}

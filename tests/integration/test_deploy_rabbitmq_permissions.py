@@ -159,7 +159,7 @@ def test_a_client_sends_a_claim_and_reads_its_reply_but_nothing_else(
 def test_the_services_user_declares_the_topology_and_binds_its_capacity_queue(
         role_urls: dict[str, str]) -> None:
     conn, ch = channel(role_urls["workerpool-service"])
-    declare_topology(ch)  # type: ignore[arg-type]
+    ch = declare_topology(ch)  # type: ignore[arg-type]
     q = ch.queue_declare("", exclusive=True, auto_delete=True)  # type: ignore[attr-defined]
     ch.queue_bind(q.method.queue, topology.CAPACITY_EXCHANGE)  # type: ignore[attr-defined]
     ch.queue_bind(topology.AGENTS, "amq.topic", topology.AGENTS)  # type: ignore[attr-defined]

@@ -94,7 +94,8 @@ def test_the_same_request_is_remembered_and_a_second_lease_refused(store: Store)
     with pytest.raises(RequestSeen) as seen:
         store.lease(wb, user_id="alice", request_id="r1", lease_seconds=60, now=now,
                     max_leases=1, remember_seconds=86400)
-    assert seen.value.outcome == {"status": "assigned", "instance_id": a}
+    assert seen.value.outcome["status"] == "assigned" and seen.value.outcome["instance_id"] == a
+    assert seen.value.outcome["private_ip"] == "10.0.0.1"  # answered from it once recycled
     with pytest.raises(UserAtLimit):
         store.lease(wb, user_id="alice", request_id="r2", lease_seconds=60, now=now,
                     max_leases=1, remember_seconds=86400)

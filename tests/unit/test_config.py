@@ -25,7 +25,7 @@ from tests.helpers import ROOT
         ("MAX_LEASES_PER_USER", "0", "MAX_LEASES_PER_USER='0'"),
         ("HEALTH_PORT", "70000", "HEALTH_PORT='70000'"),
         ("AWS_ENDPOINT_URL", "localhost:5000", "AWS_ENDPOINT_URL='localhost:5000': must be an http"),
-        ("HEARTBEAT_TIMEOUT", "10", "HEARTBEAT_TIMEOUT: must be greater than HEARTBEAT_INTERVAL"),
+        ("HEARTBEAT_TIMEOUT", "0", "HEARTBEAT_TIMEOUT='0': Input should be greater than 0"),
     ],
 )
 def test_each_bad_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch, variable: str,
@@ -57,6 +57,38 @@ def test_fractional_intervals_are_accepted_and_timeout_follows(monkeypatch: pyte
     s = parse_settings()
     assert s.heartbeat_timeout == pytest.approx(0.6)
     assert s.reap_interval == 0.1
+
+
+def test_a_timeout_not_above_the_interval_is_allowed_but_flagged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTBEAT_TIMEOUT", "5")
+    s = parse_settings()
+    assert s.heartbeat_timeout == 5
+    assert any("HEARTBEAT_TIMEOUT" in w for w in s.warnings())
+
+
+def test_an_empty_agent_url_means_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CODE_SERVER_URL", "")
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "")
+    s = parse_settings()
+    assert s.code_server_url == "http://127.0.0.1:8080"
+    assert s.aws_ec2_metadata_service_endpoint == "http://169.254.169.254"
+
+
+def test_a_health_port_in_use_stops_the_process_with_one_line() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "reaper"], cwd=ROOT,
+                              env={"PATH": "/usr/bin:/bin", "HEALTH_PORT": str(port)},
+                              capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"workerpool reaper: bad configuration: HEALTH_PORT={port}")
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_password_in_amqp_url_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:

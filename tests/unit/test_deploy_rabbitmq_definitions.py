@@ -22,12 +22,13 @@ EXAMPLE_PASSWORDS = {
 }
 #: the one binding the topology does not declare: agents publish through amq.topic, where a
 #: topic permission can limit their routing key (docs/deploy.md "Broker permissions")
-def test_queues_and_exchanges_are_exactly_those_of_the_topology() -> None:
+def test_queues_exchanges_and_policies_are_exactly_those_of_the_topology() -> None:
     expected = topology.definitions("/")
     key = lambda d: d["name"]  # noqa: E731
     assert sorted(DEFS["queues"], key=key) == sorted(expected["queues"], key=key)
     assert sorted(DEFS["exchanges"], key=key) == sorted(expected["exchanges"], key=key)
     assert DEFS["bindings"] == expected["bindings"]
+    assert DEFS["policies"] == expected["policies"]
 
 
 def test_there_is_one_user_per_role_and_no_guest() -> None:

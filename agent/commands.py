@@ -1,0 +1,167 @@
+"""The agent's command queue ``workerpool.agent.<instance-id>``: per-lease passwords.
+
+A dispatcher that leased this worker sends ``set_password`` with code-server's
+``hashed-password`` (never the password). The agent writes it into CODE_SERVER_CONFIG
+(``auth: password`` too; other keys kept, a stale ``password:`` removed), runs
+CODE_SERVER_RESTART_COMMAND if set, waits until ``/healthz`` answers again, and only then
+publishes ``password_set`` to the command's ``confirm_to``. Anything that fails means no
+confirmation: the dispatcher then gives the claim another worker and this one is recycled.
+
+The hash is a credential too (code-server accepts it as its session cookie), so it is never
+logged; the command queue is exclusive to this agent's connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.health import probe_code_server
+from agent.ownqueue import OwnQueueConsumer, command_queue
+from shared.broker import Delivery
+from shared.config import Settings
+from shared.errors import InvalidMessage, TransientError, Unroutable
+from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
+
+log = logging.getLogger("workerpool.agent")
+
+#: Top-level keys of code-server's config.yaml that the agent owns.
+OWNED_KEYS = ("auth", "hashed-password", "password")
+HEALTH_POLL = 0.2
+
+
+def updated_config(text: str, hashed_password: str) -> str:
+    """code-server's config with ``auth: password`` and this ``hashed-password``; every
+    other line kept as it was, any plain ``password:`` dropped (it would be stale).
+
+    Line-based on purpose: code-server's config is flat ``key: value`` YAML, and the
+    agent needs no YAML library for it. The hash is validated (hex or an argon2 string:
+    no quotes, spaces or newlines), so the quoted value cannot break the file.
+    """
+    kept = [line for line in text.splitlines()
+            if _top_level_key(line) not in OWNED_KEYS]
+    return "\n".join([*kept, "auth: password", f'hashed-password: "{hashed_password}"']) + "\n"
+
+
+def _top_level_key(line: str) -> str | None:
+    if not line or line[0] in " \t#-" or ":" not in line:
+        return None
+    return line.split(":", 1)[0].strip().strip("'\"")
+
+
+def write_config(path: Path, hashed_password: str) -> None:
+    """Replace the file atomically (a crash leaves the old or the new file, never half),
+    keeping its mode (0600 for a new one: it holds a credential)."""
+    try:
+        text, mode = path.read_text(), path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        text, mode = "", 0o600
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(updated_config(text, hashed_password))
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class PasswordCommands:
+    """Handles the command queue's messages on the command consumer's thread."""
+
+    def __init__(self, *, instance_id: str, config_path: str, restart_command: str | None,
+                 code_server_url: str, timeout: float, exchange: str,
+                 publish: Callable[..., None]) -> None:
+        self.instance_id = instance_id
+        self.config_path = Path(config_path)
+        self.restart_command = restart_command
+        self.code_server_url = code_server_url
+        self.timeout = timeout
+        self.exchange = exchange  # "" or amq.topic (AGENT_EXCHANGE), as for agent messages
+        self._publish = publish  # Consumer.publish_here: this thread's confirmed channel
+
+    def handle(self, d: Delivery) -> None:
+        try:
+            cmd = decode(SetPassword, d.body)
+        except InvalidMessage as exc:
+            # not dead-lettered: agents may not write there, and it could hold a hash
+            log.warning("command rejected", extra={"instance_id": self.instance_id,
+                                                   "event": "command_rejected",
+                                                   "reason": exc.reason})
+            d.ack()
+            return
+        ids = {"instance_id": self.instance_id, "command_id": cmd.request_id}
+        error = self.apply(cmd.hashed_password)
+        if error is not None:
+            log.warning("password not applied: %s", error,
+                        extra={**ids, "event": "password_failed"})
+            d.ack()  # no confirmation: the dispatcher gives up on this worker
+            return
+        confirm = PasswordSet(type="password_set", instance_id=self.instance_id,
+                              request_id=cmd.request_id, sent_at=now_sent_at())
+        try:
+            self._publish(cmd.confirm_to, confirm.to_json(), exchange=self.exchange)
+        except (Unroutable, TransientError) as exc:
+            log.warning("password applied but not confirmed (the dispatcher is gone?)",
+                        extra={**ids, "event": "confirm_failed", "error": str(exc)[:300]})
+        else:
+            log.info("password applied and confirmed", extra={**ids, "event": "password_set"})
+        d.ack()
+
+    def apply(self, hashed_password: str) -> str | None:
+        """Config written, code-server restarted and healthy: None; else why not."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            write_config(self.config_path, hashed_password)
+        except OSError as exc:
+            return f"cannot write {self.config_path}: {exc.strerror or exc!r}"
+        if self.restart_command:
+            try:
+                done = subprocess.run(shlex.split(self.restart_command), capture_output=True,
+                                      text=True, stdin=subprocess.DEVNULL,
+                                      timeout=max(0.1, deadline - time.monotonic()))
+            except (OSError, ValueError) as exc:
+                return f"restart command failed to start: {exc!r:.300}"
+            except subprocess.TimeoutExpired:
+                return f"restart command still running after {self.timeout:g}s"
+            if done.returncode != 0:
+                return (f"restart command exited {done.returncode}: "
+                        f"{(done.stderr or done.stdout).strip()[-300:]}")
+        while True:
+            healthy, reason = probe_code_server(self.code_server_url,
+                                                min(2.0, self.timeout))
+            if healthy:
+                return None
+            if time.monotonic() + HEALTH_POLL > deadline:
+                return f"code-server not healthy after the change: {reason}"
+            time.sleep(HEALTH_POLL)
+
+
+def listen(*, settings: Settings, connection_name: str, instance_id: str,
+           code_server_url: str) -> OwnQueueConsumer:
+    """Start consuming this instance's command queue on a daemon thread of its own (pika:
+    one connection per thread). ``own_ready`` is set once the queue exists."""
+    holder: list[OwnQueueConsumer] = []
+    commands = PasswordCommands(
+        instance_id=instance_id, config_path=settings.code_server_config,
+        restart_command=settings.code_server_restart_command,
+        code_server_url=code_server_url, timeout=settings.password_confirm_seconds,
+        exchange=settings.agent_exchange,
+        publish=lambda *args, **kwargs: holder[0].publish_here(*args, **kwargs))
+    # declare=False: agents may configure nothing but their own queue; prefetch 1: one
+    # command at a time, in order
+    consumer = OwnQueueConsumer(settings.amqp_url, connection_name,
+                                queue=command_queue(instance_id), handler=commands.handle,
+                                declare=False, prefetch=1)
+    holder.append(consumer)
+    threading.Thread(target=consumer.run, name="commands", daemon=True).start()
+    return consumer
