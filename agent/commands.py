@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.health import probe_code_server
-from agent.ownqueue import OwnQueueConsumer, command_queue
+from shared.ownqueue import OwnQueueConsumer, command_queue
 from shared.broker import Delivery
 from shared.config import Settings
 from shared.errors import InvalidMessage, TransientError, Unroutable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.ownqueue import OwnQueueConsumer, confirm_queue
+from shared.ownqueue import OwnQueueConsumer, confirm_queue
 from dispatcher.loop import Dispatcher
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords

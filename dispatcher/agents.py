@@ -54,8 +54,11 @@ class AsgMembers:
 
 class AgentService:
     def __init__(self, *, store: Store, members: AsgMembers, asg_name: str, clock: Clock,
-                 metrics: Metrics, on_free: Callable[[], None] = lambda: None) -> None:
+                 metrics: Metrics, on_free: Callable[[], None] = lambda: None,
+                 dead_after: float | None = None) -> None:
         self.store = store
+        #: heartbeats sent longer ago than this are a backlog, not a sign of life
+        self.dead_after = dead_after
         self.members = members
         self.asg_name = asg_name
         self.clock = clock
@@ -106,7 +109,8 @@ class AgentService:
         """Add a heartbeat; True if its instance needs a write job (none is queued yet)."""
         with self._lock:
             beats = self._pending.setdefault(msg.instance_id, [])
-            beats.append((msg.sent_at.timestamp(), msg.healthy, d))
+            sent = msg.sent_at.timestamp() if msg.sent_at else self.clock.now()
+            beats.append((sent, msg.healthy, d))
             return len(beats) == 1
 
     def write_heartbeats(self, instance_id: str) -> None:
@@ -115,7 +119,14 @@ class AgentService:
             beats = self._pending.pop(instance_id, [])
         if not beats:
             return
-        _, healthy = assign.latest_heartbeat([(t, h) for t, h, _ in beats])
+        newest, healthy = assign.latest_heartbeat([(t, h) for t, h, _ in beats])
+        if self.dead_after is not None and self.clock.now() - newest > self.dead_after:
+            # replayed after an outage: writing it would keep a dead worker alive
+            log.info("stale heartbeats dropped", extra={"instance_id": instance_id,
+                                                         "count": len(beats)})
+            for _, _, d in beats:
+                d.ack()
+            return
         try:
             self.store.heartbeat(instance_id, healthy=healthy, now=self.clock.now())
         except ConditionFailed:

@@ -126,7 +126,9 @@ class ClaimService:
         if step == "existing":
             return Assignment(self._existing(req, held))
         for _ in range(ROUNDS):
-            found = self.store.find_free(limit=CANDIDATES)
+            # a worker silent for HEARTBEAT_TIMEOUT is dead even before the reaper says so
+            fresh_after = self.clock.now() - self.s.dead_after
+            found = self.store.find_free(limit=CANDIDATES, fresh_after=fresh_after)
             if not found:
                 return None
             random.shuffle(found)
@@ -139,7 +141,8 @@ class ClaimService:
                         worker, user_id=req.user_id, request_id=req.request_id,
                         lease_seconds=req.lease_seconds or self.s.lease_seconds,
                         now=self.clock.now(), max_leases=self.s.max_leases_per_user,
-                        remember_seconds=self.s.request_memory_seconds)
+                        remember_seconds=self.s.request_memory_seconds,
+                        fresh_after=fresh_after)
                 except RequestSeen as exc:  # a duplicate was answered meanwhile
                     taken = False
                     return Assignment(self._repeat(req, exc.outcome))

@@ -38,7 +38,7 @@ from shared.asg import Asg
 from shared.broker import Broker, Consumer, Delivery
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
-from shared.errors import InvalidMessage, Unroutable
+from shared.errors import InvalidMessage
 from shared.messages import (
     AgentMessage,
     CapacityStatus,
@@ -81,7 +81,8 @@ class Dispatcher:
         self.leases = LeaseService(settings=settings, store=store, broker=broker,
                                    clock=self.clock, metrics=metrics)
         self.agents = AgentService(store=store, members=self.members, asg_name=asg.name,
-                                   clock=self.clock, metrics=metrics)
+                                   clock=self.clock, metrics=metrics,
+                                   dead_after=settings.dead_after)
         self.waiting = WaitingRoom(settings=settings, claims=self.claims, clock=self.clock)
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -203,16 +204,10 @@ class Dispatcher:
         d.ack()
 
     def _reject(self, d: Delivery, reply: ClaimReply | LeaseReply) -> None:
-        """A request that cannot be parsed: a ``rejected`` reply, and a dead-letter entry."""
-        if d.reply_to:
-            try:
-                self.consumer.publish_here(d.reply_to, reply.to_json(),
-                                           correlation_id=d.correlation_id)
-            except Unroutable:
-                pass
+        """A request that cannot be parsed: a dead-letter entry, then a ``rejected`` reply."""
         log.warning("request rejected", extra={"request_id": reply.request_id,
                                                "reason": reply.reason, "queue": d.queue})
-        d.dead_letter(reply.reason or "invalid request")
+        d.dead_letter(reply.reason or "invalid request", reply=reply.to_json())
 
     # --- shortage --------------------------------------------------------------------------
     def check_shortage(self) -> None:

@@ -17,7 +17,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from agent.ownqueue import command_queue
+from shared.ownqueue import command_queue
 from shared.broker import Broker, Delivery
 from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at

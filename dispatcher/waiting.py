@@ -80,7 +80,8 @@ class WaitingRoom:
             self._unavailable(key, reason)
         left = list(plan.serve)
         # one cheap look first: with nothing free, do not run a claim path per waiter
-        if left and self.claims.store.find_free(limit=1):
+        if left and self.claims.store.find_free(
+                limit=1, fresh_after=self.claims.clock.now() - self.claims.s.dead_after):
             while left:
                 h = held[left[0]]
                 got = self.claims.try_assign(h.request)

@@ -287,6 +287,7 @@ class Delivery:
     _consumer: Consumer = field(repr=False)
     _generation: int = field(repr=False)
     _settled: bool = field(default=False, repr=False)
+    _reply: bytes | None = field(default=None, repr=False)
 
     def ack(self) -> None:
         self._consumer._settle(self, "ack")
@@ -294,8 +295,12 @@ class Delivery:
     def nack(self, requeue: bool = True) -> None:
         self._consumer._settle(self, "requeue" if requeue else "reject")
 
-    def dead_letter(self, reason: str) -> None:
-        """Copy to workerpool.dead-letter with ``x-workerpool-reason``, then ack."""
+    def dead_letter(self, reason: str, reply: bytes | None = None) -> None:
+        """Copy to workerpool.dead-letter with ``x-workerpool-reason``; then, if given and
+        the message has ``reply_to``, publish ``reply`` (e.g. a ``rejected`` reply) with its
+        correlation_id; then ack. In that order: once the client has its answer, the
+        dead-letter entry is already there, and nothing is acked before both went out."""
+        self._reply = reply
         self._consumer._settle(self, "dead-letter", reason)
 
 
@@ -507,6 +512,12 @@ class Consumer:
             )
             log.warning("message dead-lettered",
                         extra={"queue": d.queue, "reason": reason})
+            if d._reply is not None and d.reply_to:
+                try:
+                    self.publish_here(d.reply_to, d._reply, correlation_id=d.correlation_id)
+                except Unroutable:
+                    log.info("reply queue gone; rejected reply dropped",
+                             extra={"queue": d.queue})
             how = "ack"
         d._settled = True
         if how == "ack":

@@ -4,14 +4,11 @@ processes, workers registered the way agents do it, and a client that counts eve
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 
 from shared import topology
 from shared.asg import Asg
@@ -19,11 +16,11 @@ from shared.broker import Broker, RpcClient, get_one
 from shared.config import Settings
 from shared.messages import Heartbeat, Register, now_sent_at
 from shared.store import Store
-from tests.conftest import env_for, free_port
+from tests.conftest import env_for
 from tests.helpers import Proc, wait_for
 
 #: Fast timings so the suite runs whole lifecycles in seconds.
-FAST = {"wait_poll_interval": "0.1", "heartbeat_interval": "5", "dispatcher_threads": "8",
+FAST = {"wait_poll_interval": "0.1", "heartbeat_interval": "60", "dispatcher_threads": "8",
         "log_level": "INFO"}
 
 

@@ -24,7 +24,7 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from agent.ownqueue import command_queue, confirm_queue
+from shared.ownqueue import command_queue, confirm_queue
 from shared import topology
 from tests import iam
 from tests.unit.test_deploy_rabbitmq_definitions import EXAMPLE_PASSWORDS

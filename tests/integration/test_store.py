@@ -191,3 +191,37 @@ def test_the_lock_has_one_owner_until_its_lease_runs_out(store: Store) -> None:
 
 def test_creating_the_table_twice_is_harmless(store: Store) -> None:
     assert store.create_table() is False
+
+
+def test_a_worker_silent_for_the_timeout_is_neither_found_free_nor_leased(store: Store) -> None:
+    now = time.time()
+    quiet, lively = register(store, 2, now)
+    store.heartbeat(lively, healthy=True, now=now + 50)
+    fresh_after = now + 60 - 45  # at now+60, with HEARTBEAT_TIMEOUT 45
+    assert [w.instance_id for w in store.find_free(10, fresh_after=fresh_after)] == [lively]
+    stale = store.get(quiet)
+    assert stale is not None
+    with pytest.raises(ConditionFailed):
+        store.lease(stale, user_id="alice", request_id="r1", lease_seconds=60, now=now + 60,
+                    max_leases=1, remember_seconds=86400, fresh_after=fresh_after)
+
+
+def test_a_recycled_instance_cannot_register_again(store: Store) -> None:
+    now = time.time()
+    (iid,) = register(store, 1, now)
+    store.deregister(iid, now=now)
+    store.tombstone(iid, now=now)  # what the reaper does before terminating
+    store.remove(iid)
+    with pytest.raises(ConditionFailed):  # its agent, still alive while the VM shuts down
+        store.register(iid, now=now + 1, private_ip="10.0.0.1", public_ip=None)
+    assert store.get(iid) is None and store.find_free(10) == []
+
+
+def test_a_deregister_processed_before_its_register_keeps_the_worker_out(store: Store) -> None:
+    now = time.time()
+    iid = "i-00000000000000abc"
+    assert store.deregister(iid, now=now).status == "draining"
+    with pytest.raises(ConditionFailed):
+        store.register(iid, now=now + 0.1, private_ip="10.0.0.1", public_ip=None)
+    assert store.find_free(10) == []
+    assert [w.instance_id for w in store.by_status("draining")] == [iid]  # the reaper's to take

@@ -59,6 +59,7 @@ def test_agents_may_write_only_to_amq_topic_with_the_agents_routing_key() -> Non
     topic = next(t for t in DEFS["topic_permissions"] if t["user"] == "workerpool-agent")
     assert re.search(topic["write"], topology.AGENTS)
     assert not re.search(topic["write"], topology.CLAIMS)
+    assert re.fullmatch(topic["write"], "workerpool.confirm.dispatcher-host-42")  # passwords
     for queue in (topology.CLAIMS, topology.LEASES, topology.AGENTS, topology.DEAD_LETTER):
         assert not re.search(agent["read"], queue) and not re.search(agent["configure"], queue)
     assert re.search(agent["read"], "workerpool.agent.i-0123456789abcdef0")

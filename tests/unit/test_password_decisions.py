@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from agent.commands import updated_config
-from agent.ownqueue import command_queue, confirm_queue
+from shared.ownqueue import command_queue, confirm_queue
 from dispatcher import assign
 from dispatcher.passwords import code_server_hash, new_password
 from shared.errors import InvalidMessage

@@ -2,12 +2,9 @@
 
 Two private queues use it: an agent's command queue ``workerpool.agent.<instance-id>`` and a
 dispatcher's confirm queue ``workerpool.confirm.<name>`` (per-lease passwords,
-docs/dispatcher.md). ``shared.broker.Consumer`` only consumes queues that already exist (or
-server-named fanout queues), and an exclusive queue must be declared on the connection that
-consumes it, so this subclass declares it in an ``on_connect`` hook, on the consumer's own
-channel. It reaches into three of Consumer's attributes (``_channel``, ``_tags``,
-``_on_message``); it belongs in shared/broker.py as ``Consumer.subscribe_own`` (asked of
-the lead) and is kept this small so that it can move there unchanged.
+docs/dispatcher.md). An exclusive queue must be declared on the connection that consumes
+it, so this subclass of ``shared.broker.Consumer`` declares it in an ``on_connect`` hook, on
+the consumer's own channel (it lives beside broker.py and uses its Consumer's internals).
 """
 
 from __future__ import annotations
