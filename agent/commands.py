@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.health import probe_code_server
-from shared.ownqueue import OwnQueueConsumer, command_queue
 from shared.broker import Delivery
 from shared.config import Settings
 from shared.errors import InvalidMessage, TransientError, Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
+from shared.ownqueue import OwnQueueConsumer, command_queue
 
 log = logging.getLogger("workerpool.agent")
 

@@ -129,7 +129,8 @@ def main() -> int:
                     ConditionExpression="attribute_not_exists(locked)",
                     ExpressionAttributeValues={":z": {"N": "0"}, ":one": {"N": "1"}})
                 floor.append(time.perf_counter() - t)
-                if k < (5 if n < 10000 else 2):  # a Scan of 10,000 items takes seconds on moto: a few suffice
+                # a Scan of 10,000 items takes seconds on moto: a few suffice
+                if k < (5 if n < 10000 else 2):
                     t = time.perf_counter()
                     resp = slow.scan(TableName=store.table, FilterExpression="#s = :f",
                                          ExpressionAttributeNames={"#s": "status"},

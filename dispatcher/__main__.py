@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from shared.ownqueue import OwnQueueConsumer, confirm_queue
 from dispatcher.loop import Dispatcher
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
 from shared.asg import Asg
 from shared.broker import Broker, Consumer
 from shared.config import connection_name
+from shared.ownqueue import OwnQueueConsumer, confirm_queue
 from shared.runtime import Runtime
-from shared.topology import AGENTS_TOPIC_EXCHANGE
 from shared.store import Store
+from shared.topology import AGENTS_TOPIC_EXCHANGE
 
 #: Unacked messages per queue on our one channel. It bounds claims in flight per dispatcher
 #: and how many waiting claims the waiting room holds at once (the rest wait, in order, in

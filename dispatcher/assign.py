@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.clock import iso
-from shared.topology import ARRIVED_HEADER
 from shared.messages import ClaimReply, LeaseReply, WorkerInfo
 from shared.state import AsgState, Worker
+from shared.topology import ARRIVED_HEADER
 
 #: A scaler's "capacity cannot grow" is believed this long after it was sent: a scaler that
 #: died must not keep every future claim unavailable.

@@ -30,7 +30,8 @@ from shared.store import RequestSeen, Store, UserAtLimit
 log = logging.getLogger("workerpool.dispatcher")
 
 #: Free workers asked for per index query (a page of 25 is still one read request).
-#: Several dispatchers ask the same index at once, so each shuffles its candidates; a round lost entirely to races is followed by a fresh
+#: Several dispatchers ask the same index at once, so each shuffles its candidates; a round lost
+#: entirely to races is followed by a fresh
 #: query (the index no longer lists the workers just leased), up to ROUNDS times.
 CANDIDATES = 25
 ROUNDS = 5

@@ -17,10 +17,10 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from shared.ownqueue import command_queue
 from shared.broker import Broker, Delivery
 from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
+from shared.ownqueue import command_queue
 
 log = logging.getLogger("workerpool.dispatcher")
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from scaler.loop import Engine
+from scaler.metrics import ScalerMetrics
+from scaler.service import Service
 from shared.asg import Asg
 from shared.config import connection_name
 from shared.leader import Leadership
 from shared.runtime import Runtime
 from shared.store import Store
-
-from scaler.loop import Engine
-from scaler.metrics import ScalerMetrics
-from scaler.service import Service
 
 
 def main() -> int:

@@ -15,16 +15,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from scaler.metrics import ScalerMetrics
+from scaler.observe import LaunchStatus, WaitingBook, booting, launch_status, protection_plan
+from scaler.policy import AsgView, Counts, Decision, LastScale, decide
 from shared.asg import Asg
 from shared.config import Settings
 from shared.errors import AwsError, AwsUnavailable, ConditionFailed
 from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent, now_sent_at
 from shared.state import STATUSES, Worker
 from shared.store import Store
-
-from scaler.metrics import ScalerMetrics
-from scaler.observe import LaunchStatus, WaitingBook, booting, launch_status, protection_plan
-from scaler.policy import AsgView, Counts, Decision, LastScale, decide
 
 log = logging.getLogger("workerpool.scaler")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from shared.state import Worker
 
@@ -113,7 +113,8 @@ def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
     want = asg.desired + missing
     ok, why = _capacity(c, asg, want, target)
     clamped = min(want, asg.max_size)  # AWS refuses desired > MaxSize (moto does not)
-    base = dict(missing=missing, want=want, capacity_ok=ok, capacity_reason=why)
+    base: dict[str, Any] = dict(missing=missing, want=want, capacity_ok=ok,
+                                capacity_reason=why)
     if clamped <= asg.desired:
         reason = "nothing missing" if not missing else f"at MaxSize {asg.max_size}"
         return Decision(set_desired=None, reason=reason, **base)
@@ -136,7 +137,7 @@ def _naive(c: Counts, asg: AsgView, settings: PolicySettings, trigger: Trigger) 
     short = c.free < target + c.waiting
     want = asg.desired + 1 if short else asg.desired
     ok, why = _capacity(c, asg, want, target)
-    base = dict(missing=missing_workers(c, target), want=want, capacity_ok=ok,
+    base: dict[str, Any] = dict(missing=missing_workers(c, target), want=want, capacity_ok=ok,
                 capacity_reason=why)
     if trigger != "event" or not short or want > asg.max_size:
         return Decision(set_desired=None, reason="naive: no shortage event", **base)

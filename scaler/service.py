@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from scaler.loop import Engine, guarded
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect
 from shared.clock import Clock, SystemClock
@@ -26,8 +27,6 @@ from shared.config import Settings
 from shared.errors import BrokerUnavailable
 from shared.leader import Leadership
 from shared.messages import CapacityStatus, ScalingEvent, decode
-
-from scaler.loop import Engine, guarded
 
 log = logging.getLogger("workerpool.scaler")
 

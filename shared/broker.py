@@ -382,7 +382,7 @@ class Consumer:
             retry=retry_if_exception_type(BrokerUnavailable),
             wait=wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5),
             stop=lambda state: self._stop.is_set(),
-            sleep=self._stop.wait,  # a SIGTERM during an outage ends the backoff at once
+            sleep=lambda seconds: None if self._stop.wait(seconds) else None,  # SIGTERM wakes it
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )

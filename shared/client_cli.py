@@ -153,9 +153,10 @@ def snapshot() -> dict[str, Any]:
                                    1 for i in g.instances if i.lifecycle_state == "InService")}
     except AwsError as exc:
         asg = {"name": s.asg_name, "error": str(exc)}
+    queues: dict[str, Any]
     try:
-        queues = queue_depths(s.amqp_url, connection_name("cli"),
-                              [q.name for q in topology.QUEUES])
+        queues = dict(queue_depths(s.amqp_url, connection_name("cli"),
+                                   [q.name for q in topology.QUEUES]))
     except BrokerUnavailable as exc:
         queues = {"error": str(exc)}
     return {

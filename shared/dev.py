@@ -234,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
                 announced = True
                 ports = ", ".join(f"{c.name} :{c.health_port}" for c in dev.children)
                 dev.say("the pool is up.")
-                dev.say(f"  RabbitMQ management UI: {_management_url() or 'not enabled (rabbitmq-plugins enable rabbitmq_management)'}")
+                ui = _management_url() or ("not enabled (rabbitmq-plugins enable "
+                                            "rabbitmq_management)")
+                dev.say(f"  RabbitMQ management UI: {ui}")
                 dev.say(f"  AWS (moto): {endpoint}")
                 dev.say(f"  health/metrics ports: {ports}")
                 dev.say("  in another terminal:")

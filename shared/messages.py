@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -61,7 +61,7 @@ class RenewRequest(Message):
     lease_seconds: LeaseSeconds | None = None
 
 
-LeaseRequest = Annotated[Union[ReleaseRequest, RenewRequest], Field(discriminator="type")]
+LeaseRequest = Annotated[ReleaseRequest | RenewRequest, Field(discriminator="type")]
 
 
 # --- §3 replies --------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Deregister(Message):
     sent_at: datetime | None = None
 
 
-AgentMessage = Annotated[Union[Register, Heartbeat, Deregister], Field(discriminator="type")]
+AgentMessage = Annotated[Register | Heartbeat | Deregister, Field(discriminator="type")]
 
 
 # --- internal: dispatcher → scaler (workerpool.scaling) ----------------------------------
@@ -140,7 +140,7 @@ class LeasedEvent(Message):
     sent_at: datetime
 
 
-ScalingEvent = Annotated[Union[ShortageEvent, LeasedEvent], Field(discriminator="type")]
+ScalingEvent = Annotated[ShortageEvent | LeasedEvent, Field(discriminator="type")]
 
 
 # --- internal: scaler → dispatchers (workerpool.capacity fanout) -------------------------

@@ -9,7 +9,6 @@ import urllib.request
 import uuid
 from typing import Any
 
-
 from shared import topology
 from shared.asg import Asg
 from shared.broker import Broker, RpcClient, get_one

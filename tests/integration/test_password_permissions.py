@@ -24,8 +24,8 @@ import pika
 import pika.exceptions as pe
 import pytest
 
-from shared.ownqueue import command_queue, confirm_queue
 from shared import topology
+from shared.ownqueue import command_queue, confirm_queue
 from tests import iam
 from tests.unit.test_deploy_rabbitmq_definitions import EXAMPLE_PASSWORDS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent.fleetplan import FleetAction, MemberView, new_instances, plan
 from agent.heartbeat import (
     REREGISTER_EVERY,
     BeatState,
@@ -16,7 +17,6 @@ from agent.heartbeat import (
     heartbeat_verdict,
     next_step,
 )
-from agent.fleetplan import FleetAction, MemberView, new_instances, plan
 
 T = Timing(interval=1.0)
 

@@ -8,11 +8,11 @@ import hashlib
 import pytest
 
 from agent.commands import updated_config
-from shared.ownqueue import command_queue, confirm_queue
 from dispatcher import assign
 from dispatcher.passwords import code_server_hash, new_password
 from shared.errors import InvalidMessage
 from shared.messages import ClaimReply, SetPassword, WorkerInfo, decode, now_sent_at
+from shared.ownqueue import command_queue, confirm_queue
 from shared.state import Worker
 
 HASH = hashlib.sha256(b"correct horse").hexdigest()
