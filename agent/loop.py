@@ -139,6 +139,10 @@ class Agent:
         msg = Deregister(type="deregister", instance_id=self.identity.instance_id,
                          reason="shutdown", sent_at=now_sent_at())
         error = self._publish(msg, "deregister", self.state or BeatState())
+        if error is not None:
+            # the connection may have died unnoticed while idle: one more try, on a fresh
+            # connection (the publisher reconnects), still well inside the 10 s stop budget
+            error = self._publish(msg, "deregister", self.state or BeatState())
         if error is None:
             log.info("deregistered", extra=self._ids(event="deregistered"))
         else:
