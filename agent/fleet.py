@@ -292,8 +292,7 @@ def main() -> int:
         s = rt.settings
         fail_ids, fail_next = parse_fail_boot(os.environ.get("FLEET_FAIL_BOOT", ""))
         fleet = Fleet(settings=s, fail_boot=fail_ids, fail_next=fail_next,
-                      asg=Asg(name=s.asg_name, region=s.aws_region,
-                              endpoint_url=s.aws_endpoint_url))
+                      asg=Asg.from_settings(s))
 
         def aws_check() -> tuple[bool, str]:
             last = fleet.last_describe_ok

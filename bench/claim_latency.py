@@ -86,8 +86,7 @@ def main() -> int:
 
     bootstrap(settings)
     purge(settings.amqp_url, "bench", [q.name for q in topology.QUEUES])
-    store = Store(table=settings.table_name, region=settings.aws_region,
-                  endpoint_url=settings.aws_endpoint_url)
+    store = Store.from_settings(settings)
     # the floor's responder listens on a queue of its own
     echo_q = f"bench.echo.{uuid.uuid4().hex[:6]}"
     from shared.broker import connect

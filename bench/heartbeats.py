@@ -75,8 +75,7 @@ def main() -> int:
 
     bootstrap(settings)
     purge(settings.amqp_url, "bench", [q.name for q in topology.QUEUES])
-    store = Store(table=settings.table_name, region=settings.aws_region,
-                  endpoint_url=settings.aws_endpoint_url)
+    store = Store.from_settings(settings)
     seed(store, args.agents, 0)
     ceiling = moto_ceiling(store, args.agents, args.threads)
     proc = Proc("dispatcher", env_for(settings, target_available=0,

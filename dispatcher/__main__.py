@@ -24,8 +24,8 @@ PREFETCH = 200
 def main() -> int:
     with Runtime("dispatcher") as rt:
         s = rt.settings
-        store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
-        asg = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        store = Store.from_settings(s)
+        asg = Asg.from_settings(s)
         broker = Broker(s.amqp_url, "dispatcher")
         name = connection_name("dispatcher")
         passwords: Passwords | None = None

@@ -45,8 +45,8 @@ class CachedCheck:
 def main() -> int:
     with Runtime("reaper") as rt:
         s = rt.settings
-        store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
-        asg = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        store = Store.from_settings(s)
+        asg = Asg.from_settings(s)
         leadership = Leadership(store, name="reaper", owner=connection_name("reaper"),
                                 ttl=s.lock_ttl_seconds)
         reaper = Reaper(store=store, asg=asg, settings=s,

@@ -18,8 +18,8 @@ from shared.store import Store
 def main() -> int:
     with Runtime("scaler") as rt:
         s = rt.settings
-        store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
-        asg = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+        store = Store.from_settings(s)
+        asg = Asg.from_settings(s)
         name = connection_name("scaler")
         metrics = ScalerMetrics(rt.health.registry)
         service: Service | None = None

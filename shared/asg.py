@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
 from shared.aws import aws_call, client, error_code, error_message
+from shared.config import Settings
 from shared.errors import AwsError
 from shared.state import Activity, AsgInstance, AsgState
 
@@ -20,6 +21,11 @@ log = logging.getLogger("workerpool.asg")
 
 
 class Asg:
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Asg:
+        return cls(name=settings.asg_name, region=settings.aws_region,
+                   endpoint_url=settings.aws_endpoint_url, **kwargs)
+
     def __init__(self, *, name: str, region: str, endpoint_url: str | None = None,
                  autoscaling: Any = None, ec2: Any = None) -> None:
         self.name = name

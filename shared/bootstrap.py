@@ -14,14 +14,12 @@ log = logging.getLogger("workerpool.bootstrap")
 
 
 def bootstrap(settings: Settings, *, broker: bool = True) -> dict[str, object]:
-    store = Store(table=settings.table_name, region=settings.aws_region,
-                  endpoint_url=settings.aws_endpoint_url)
+    store = Store.from_settings(settings)
     created_table = store.create_table()
     log.info("table ready", extra={"table": settings.table_name, "table_created": created_table})
     result: dict[str, object] = {"table": settings.table_name, "table_created": created_table}
     if settings.aws_endpoint_url:
-        asg = Asg(name=settings.asg_name, region=settings.aws_region,
-                  endpoint_url=settings.aws_endpoint_url)
+        asg = Asg.from_settings(settings)
         created = asg.ensure_group(
             launch_template=settings.launch_template_name, ami_id=settings.worker_ami_id,
             instance_type=settings.worker_instance_type, max_size=settings.asg_max_size)

@@ -141,13 +141,13 @@ def snapshot() -> dict[str, Any]:
 
     s = _settings()
     now = time.time()
-    store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+    store = Store.from_settings(s)
     workers = sorted(store.all_workers(), key=lambda w: (w.status, w.instance_id))
     totals: dict[str, int] = {}
     for w in workers:
         totals[w.status] = totals.get(w.status, 0) + 1
     try:
-        g = Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url).describe()
+        g = Asg.from_settings(s).describe()
         asg: dict[str, Any] = {"name": g.name, "desired": g.desired, "min": g.min_size,
                                "max": g.max_size, "in_service": sum(
                                    1 for i in g.instances if i.lifecycle_state == "InService")}

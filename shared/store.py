@@ -30,6 +30,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shared.aws import aws_call, client, error_code, translate
+from shared.config import Settings
 from shared.errors import ConditionFailed
 from shared.state import Status, Worker
 
@@ -111,6 +112,11 @@ class UserAtLimit(ConditionFailed):
 
 class Store:
     """Named operations on the table. Thread-safe (boto3 clients are)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Store:
+        return cls(table=settings.table_name, region=settings.aws_region,
+                   endpoint_url=settings.aws_endpoint_url, **kwargs)
 
     def __init__(self, *, table: str, region: str, endpoint_url: str | None = None,
                  dynamodb: Any = None) -> None:

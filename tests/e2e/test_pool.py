@@ -45,10 +45,8 @@ class Pool:
     def __init__(self, settings: Settings, record: Path) -> None:
         self.settings = settings
         self.record = record
-        self.store = Store(table=settings.table_name, region=settings.aws_region,
-                           endpoint_url=settings.aws_endpoint_url)
-        self.asg = Asg(name=settings.asg_name, region=settings.aws_region,
-                       endpoint_url=settings.aws_endpoint_url)
+        self.store = Store.from_settings(settings)
+        self.asg = Asg.from_settings(settings)
         env = env_for(settings, WORKERPOOL_RECORD_AWS_CALLS=str(record), **TIMINGS)
         self.procs = [Proc("dispatcher", env, "dispatcher-1"), Proc("dispatcher", env, "dispatcher-2"),
                       Proc("scaler", env), Proc("reaper", env), Proc("agent.fleet", env, "fleet")]

@@ -70,19 +70,15 @@ def recorded(moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> se
     urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset",
                                                   method="POST"), timeout=5).read()
     settings = parse_settings(aws_endpoint_url=moto_endpoint)
-    Store(table=settings.table_name, region=settings.aws_region,
-          endpoint_url=settings.aws_endpoint_url).create_table()
-    Asg(name=settings.asg_name, region=settings.aws_region,
-        endpoint_url=settings.aws_endpoint_url).ensure_group(
+    Store.from_settings(settings).create_table()
+    Asg.from_settings(settings).ensure_group(
         launch_template=settings.launch_template_name, ami_id=settings.worker_ami_id,
         instance_type=settings.worker_instance_type, max_size=settings.asg_max_size)
     path = tmp_path_factory.mktemp("iam") / "aws-calls.txt"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(RECORD_ENV, str(path))  # read when each boto3 client is built
-        exercise_store(Store(table=settings.table_name, region=settings.aws_region,
-                             endpoint_url=settings.aws_endpoint_url))
-        exercise_asg(Asg(name=settings.asg_name, region=settings.aws_region,
-                         endpoint_url=settings.aws_endpoint_url))
+        exercise_store(Store.from_settings(settings))
+        exercise_asg(Asg.from_settings(settings))
     return iam.read_recording(path)
 
 

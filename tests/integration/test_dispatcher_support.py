@@ -32,14 +32,12 @@ def start_dispatchers(settings: Settings, n: int = 1, **env: Any) -> list[Proc]:
 
 
 def store_of(settings: Settings) -> Store:
-    return Store(table=settings.table_name, region=settings.aws_region,
-                 endpoint_url=settings.aws_endpoint_url)
+    return Store.from_settings(settings)
 
 
 def launch(settings: Settings, n: int) -> list[str]:
     """Grow the (moto) ASG to n instances; their ids, sorted."""
-    asg = Asg(name=settings.asg_name, region=settings.aws_region,
-              endpoint_url=settings.aws_endpoint_url)
+    asg = Asg.from_settings(settings)
     asg.set_desired(n)
     return sorted(asg.describe().live_ids)
 

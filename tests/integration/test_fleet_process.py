@@ -31,7 +31,7 @@ def tap(pool: Settings) -> Iterator[AgentsTap]:
 
 @pytest.fixture
 def asg(pool: Settings) -> Asg:
-    return Asg(name=pool.asg_name, region=pool.aws_region, endpoint_url=pool.aws_endpoint_url)
+    return Asg.from_settings(pool)
 
 
 @pytest.fixture

@@ -72,9 +72,11 @@ def agent_url(amqp_url: str) -> Iterator[str]:
         ctl("eval", f'rabbit_auth_backend_internal:delete_user(<<"{name}">>, <<"tests">>).')
 
 
-def test_the_proposed_permission_is_the_documented_one() -> None:
+def test_the_agents_topic_permission_is_the_documented_and_deployed_one() -> None:
     doc = (iam.ROOT / "docs" / "deploy.md").read_text()
     assert PROPOSED_TOPIC_WRITE in doc
+    defs = json.loads((iam.ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
+    assert defs["topic_permissions"][0]["write"] == PROPOSED_TOPIC_WRITE
     assert re.search(PROPOSED_TOPIC_WRITE, confirm_queue("dispatcher@ip-10-0-1-5.ec2:42"))
     assert not re.search(PROPOSED_TOPIC_WRITE, topology.CLAIMS)
 

@@ -17,8 +17,8 @@ from shared.store import Store
 
 
 def adapters(s: Settings) -> tuple[Store, Asg]:
-    return (Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url),
-            Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url))
+    return (Store.from_settings(s),
+            Asg.from_settings(s))
 
 
 def launch(asg: Asg, n: int) -> list[str]:

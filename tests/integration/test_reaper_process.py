@@ -24,8 +24,8 @@ FAST = {"REAP_INTERVAL": 0.2, "HEARTBEAT_INTERVAL": 0.5, "BOOT_TIMEOUT_SECONDS":
 
 
 def adapters(s: Settings) -> tuple[Store, Asg]:
-    return (Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url),
-            Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url))
+    return (Store.from_settings(s),
+            Asg.from_settings(s))
 
 
 def launch(asg: Asg, n: int) -> list[str]:

@@ -61,7 +61,7 @@ def rig(pool: Settings) -> Any:
     fake = ActivityLog(client("autoscaling", region=s.aws_region,
                               endpoint_url=s.aws_endpoint_url))
     asg = Asg(name=s.asg_name, region=s.aws_region, autoscaling=fake)
-    store = Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+    store = Store.from_settings(s)
     registry = CollectorRegistry()
     metrics = ScalerMetrics(registry)
     holder: dict[str, Service] = {}

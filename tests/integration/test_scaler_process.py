@@ -31,11 +31,11 @@ FAST = dict(RECONCILE_INTERVAL=0.2, LOCK_TTL_SECONDS=1.5, COOLDOWN_SECONDS=30,
 
 
 def asg_of(s: Settings) -> Asg:
-    return Asg(name=s.asg_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+    return Asg.from_settings(s)
 
 
 def store_of(s: Settings) -> Store:
-    return Store(table=s.table_name, region=s.aws_region, endpoint_url=s.aws_endpoint_url)
+    return Store.from_settings(s)
 
 
 def calls(path: Path, op: str = "autoscaling:SetDesiredCapacity") -> int:

@@ -16,8 +16,7 @@ from shared.store import RequestSeen, Store, UserAtLimit
 
 @pytest.fixture
 def store(settings: Settings) -> Store:
-    s = Store(table=settings.table_name, region=settings.aws_region,
-              endpoint_url=settings.aws_endpoint_url)
+    s = Store.from_settings(settings)
     s.create_table()
     return s
 
