@@ -17,8 +17,8 @@ from shared.store import Store
 
 
 def adapters(s: Settings) -> tuple[Store, Asg]:
-    return (Store.from_settings(s),
-            Asg.from_settings(s))
+    """The reaper's adapters (also used by test_reaper_process)."""
+    return Store.from_settings(s), Asg.from_settings(s)
 
 
 def launch(asg: Asg, n: int) -> list[str]:

@@ -12,36 +12,15 @@ from typing import Any
 
 import pytest
 
-from shared.asg import Asg
 from shared.config import Settings
 from shared.errors import ConditionFailed
 from shared.store import Store
 from tests.conftest import env_for
 from tests.helpers import Proc, wait_for
+from tests.integration.test_reaper_apply import adapters, launch, lease, register
 
 FAST = {"REAP_INTERVAL": 0.2, "HEARTBEAT_INTERVAL": 0.5, "BOOT_TIMEOUT_SECONDS": 2,
         "LOCK_TTL_SECONDS": 2, "ORPHAN_SWEEP_INTERVAL": 1}
-
-
-def adapters(s: Settings) -> tuple[Store, Asg]:
-    return (Store.from_settings(s),
-            Asg.from_settings(s))
-
-
-def launch(asg: Asg, n: int) -> list[str]:
-    asg.set_desired(n)
-    return sorted(i.instance_id for i in asg.describe().instances)
-
-
-def register(store: Store, iid: str, now: float) -> None:
-    store.register(iid, now=now, private_ip="10.0.0.1", public_ip=None)
-
-
-def lease(store: Store, iid: str, user: str, *, now: float, seconds: int) -> None:
-    w = store.get(iid)
-    assert w is not None
-    store.lease(w, user_id=user, request_id=f"r-{iid}", lease_seconds=seconds, now=now,
-                max_leases=100, remember_seconds=86400)
 
 
 class Agents:
