@@ -19,8 +19,9 @@ from dispatcher.metrics import Metrics
 from shared.asg import Asg
 from shared.broker import Delivery
 from shared.clock import Clock
-from shared.errors import ConditionFailed
+from shared.errors import AwsError, AwsUnavailable, ConditionFailed
 from shared.messages import Deregister, Heartbeat, Register
+from shared.state import AsgState
 from shared.store import Store
 
 log = logging.getLogger("workerpool.dispatcher")
@@ -35,7 +36,7 @@ class AsgMembers:
         self._ids: frozenset[str] = frozenset()
         self._refreshed_at: float | None = None
         self._lock = threading.Lock()
-        self.state = None  # the last AsgState, for the wording of reasons
+        self.state: AsgState | None = None  # the last AsgState, for the wording of reasons
 
     def contains(self, instance_id: str, seen_at: float) -> bool:
         """``seen_at``: monotonic time the message arrived (a refresh after it is enough)."""
@@ -50,6 +51,22 @@ class AsgMembers:
             self.state = self.asg.describe()
             self._ids, self._refreshed_at = self.state.live_ids, started
             return instance_id in self._ids
+
+    def recent_state(self, max_age: float = 10.0) -> AsgState | None:
+        """The ASG as of at most ``max_age`` seconds ago, for the numbers in an
+        ``unavailable`` reason (one describe per ``max_age`` at most; stale if AWS fails)."""
+        with self._lock:
+            fresh = (self._refreshed_at is not None
+                     and self._mono() - self._refreshed_at <= max_age)
+            if self.state is None or not fresh:
+                try:
+                    started = self._mono()
+                    self.state = self.asg.describe()
+                    self._ids, self._refreshed_at = self.state.live_ids, started
+                except (AwsError, AwsUnavailable) as exc:
+                    log.info("ASG not described for a reason's wording",
+                             extra={"error": str(exc)})
+            return self.state
 
 
 class AgentService:

@@ -114,7 +114,7 @@ class Dispatcher:
 
     def pool_view(self) -> assign.PoolView:
         return assign.PoolView(free=self.free_count, target=self.s.target_available,
-                               asg=self.members.state)
+                               asg=self.members.recent_state())
 
     # --- jobs ----------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], None], d: Delivery | None = None,

@@ -63,6 +63,7 @@ def test_a_claim_gets_a_worker_and_only_its_holder_can_renew_or_release_it(
     # another user's request with the same id is another request (nothing is free)
     bob = client.claim("bob", "r-1", wait_seconds=0)
     assert bob["status"] == "unavailable" and "0 free of target" in bob["reason"]
+    assert "ASG desired " in bob["reason"] and "/max 10" in bob["reason"]  # numbers to act on
 
     for kind in ("renew", "release"):
         assert client.lease(kind, "mallory", iid)["status"] == "not_found"
