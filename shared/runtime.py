@@ -39,10 +39,16 @@ class Runtime:
         try:
             self.health = HealthServer(process=process, port=port)
         except OSError as exc:
-            print(f"workerpool {process}: bad configuration: HEALTH_PORT={port}: "
-                  f"{exc.strerror or exc} (use another port, or 0 for a free one)",
-                  file=sys.stderr)
-            raise SystemExit(2) from None
+            if self.settings.health_port is not None:  # asked for explicitly: a config error
+                print(f"workerpool {process}: bad configuration: HEALTH_PORT={port}: "
+                      f"{exc.strerror or exc} (use another port, or 0 for a free one)",
+                      file=sys.stderr)
+                raise SystemExit(2) from None
+            # the per-process default is taken (e.g. two dispatchers on one host): any free
+            # port will do, and the ready line says which
+            self.health = HealthServer(process=process, port=0)
+            self.log.warning("default HEALTH_PORT %s in use; serving on %s instead", port,
+                             self.health.port)
         for warning in self.settings.warnings():
             self.log.warning(warning)
         self.started = time.monotonic()

@@ -111,3 +111,26 @@ def test_a_process_with_a_bad_variable_exits_2_with_one_line_and_no_traceback(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert variable in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_busy_default_health_port_falls_back_to_a_free_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from shared.config import DEFAULT_HEALTH_PORTS
+    from shared.runtime import Runtime
+
+    monkeypatch.delenv("HEALTH_PORT", raising=False)
+    default = DEFAULT_HEALTH_PORTS["reaper"]
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            busy.bind(("0.0.0.0", default))
+            busy.listen(1)
+        except OSError:
+            pass  # already taken by something else: just as good for this test
+        rt = Runtime("reaper", settings=parse_settings())
+        try:
+            assert rt.health.port not in (0, default)
+        finally:
+            rt.health._httpd.server_close()
