@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +35,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 from shared import topology  # noqa: E402
 from shared.broker import Consumer, Delivery, RpcClient, purge  # noqa: E402
-from shared.config import parse_settings  # noqa: E402
+from shared.config import Settings, parse_settings  # noqa: E402
 from shared.store import HEARTBEAT_INDEX, Store, marshal  # noqa: E402
 
 
@@ -66,27 +68,35 @@ def responder(url: str, queue: str, stop: threading.Event) -> Consumer:
     return consumer
 
 
+def local_aws() -> tuple[Any, Settings, Store]:
+    """A moto server, the bootstrapped table and ASG, empty queues: what every benchmark
+    here starts from. Returns (server, settings, store); call ``server.stop()`` at the end."""
+    from moto.server import ThreadedMotoServer
+
+    from shared.bootstrap import bootstrap
+    from tests.conftest import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per moto request
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    settings = parse_settings(amqp_url=os.environ["AMQP_URL"],
+                              aws_endpoint_url=f"http://127.0.0.1:{port}", health_port=0)
+    bootstrap(settings)
+    purge(settings.amqp_url, "bench", [q.name for q in topology.QUEUES])
+    return server, settings, Store.from_settings(settings)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--claims", type=int, default=40)
     args = ap.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
-    from tests.conftest import env_for, free_port
+    from tests.conftest import env_for
     from tests.helpers import Proc
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    settings = parse_settings(amqp_url=os.environ["AMQP_URL"],
-                              aws_endpoint_url=f"http://127.0.0.1:{port}", health_port=0)
-    from shared.bootstrap import bootstrap
-
-    bootstrap(settings)
-    purge(settings.amqp_url, "bench", [q.name for q in topology.QUEUES])
-    store = Store.from_settings(settings)
+    server, settings, store = local_aws()
     # the floor's responder listens on a queue of its own
     echo_q = f"bench.echo.{uuid.uuid4().hex[:6]}"
     from shared.broker import connect

@@ -26,10 +26,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
-from bench.claim_latency import seed  # noqa: E402
+from bench.claim_latency import local_aws, seed  # noqa: E402
 from shared import topology  # noqa: E402
-from shared.broker import Broker, purge, queue_depths  # noqa: E402
-from shared.config import parse_settings  # noqa: E402
+from shared.broker import Broker, queue_depths  # noqa: E402
 from shared.messages import Heartbeat, now_sent_at  # noqa: E402
 from shared.store import Store  # noqa: E402
 
@@ -61,21 +60,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8, help="DISPATCHER_THREADS")
     args = ap.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
-    from tests.conftest import env_for, free_port
+    from tests.conftest import env_for
     from tests.helpers import Proc
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    settings = parse_settings(amqp_url=os.environ["AMQP_URL"],
-                              aws_endpoint_url=f"http://127.0.0.1:{port}", health_port=0)
-    from shared.bootstrap import bootstrap
-
-    bootstrap(settings)
-    purge(settings.amqp_url, "bench", [q.name for q in topology.QUEUES])
-    store = Store.from_settings(settings)
+    server, settings, store = local_aws()
     seed(store, args.agents, 0)
     ceiling = moto_ceiling(store, args.agents, args.threads)
     proc = Proc("dispatcher", env_for(settings, target_available=0,
