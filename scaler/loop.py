@@ -47,6 +47,17 @@ class Engine:
         self.seen_failures: set[str] = set()
         self.published_ok = True  # what dispatchers last heard from us
         self.status: dict[str, Any] = {"active": False}
+        #: Called with each raise, so that a successor replica keeps our cooldown
+        #: (scaler.service leaves it on the lock item).
+        self.remember: Callable[[LastScale], None] = lambda last: None
+
+    def resume(self, last: LastScale | None) -> None:
+        """Take over a predecessor's last raise (if newer than ours): the cooldown holds
+        across a failover."""
+        if last is not None and (self.last is None or last.at > self.last.at):
+            self.last = last
+            log.info("took over the last raise", extra={
+                "event": "resumed", "last_scale_at": last.at, "desired": last.desired})
 
     # --- events -----------------------------------------------------------------------
     def handle(self, event: ShortageEvent | LeasedEvent, now: float) -> None:
@@ -102,10 +113,12 @@ class Engine:
         if d.set_desired is not None:
             self.asg.set_desired(d.set_desired)
             self.last = LastScale(at=now, desired=d.set_desired, missing=d.missing)
+            self.remember(self.last)
             desired = d.set_desired
             self.m.scale_calls.inc()
             log.info("desired capacity raised", extra={
-                "event": "scale", "desired": d.set_desired, "was": state.desired,
+                "event": "scale", "decided_at": now, "desired": d.set_desired,
+                "was": state.desired,
                 "missing": d.missing, "reason": d.reason, **counts.__dict__})
         self._protect(state, [w.instance_id for w in workers["leased"]])
         if d.drain is not None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scaler.loop import Engine, guarded
+from scaler.policy import LastScale
 from shared import topology
 from shared.broker import Consumer, Delivery, Publisher, connect
 from shared.clock import Clock, SystemClock
@@ -72,6 +73,19 @@ class Service:
         self.feed: EventFeed | None = None
         self.publisher = Publisher(settings.amqp_url, name, give_up_after=2.0)
         self._probe: tuple[float, bool, str] = (0.0, False, "not probed yet")
+        engine.remember = self._remember
+
+    # --- the cooldown across replicas ------------------------------------------------------
+    def _remember(self, last: LastScale) -> None:
+        self.leadership.note(lastScaleAt=last.at, lastScaleDesired=last.desired,
+                             lastScaleMissing=last.missing)
+
+    def _recalled(self) -> LastScale | None:
+        n = self.leadership.notes
+        if "lastScaleAt" not in n:
+            return None
+        return LastScale(at=float(n["lastScaleAt"]), desired=int(n["lastScaleDesired"]),
+                         missing=int(n.get("lastScaleMissing", 0)))
 
     # --- capacity status to every dispatcher --------------------------------------------
     def publish_capacity(self, status: CapacityStatus) -> None:
@@ -104,6 +118,7 @@ class Service:
         active = self.leadership.refresh(now)
         if active and self.feed is None:
             self.feed = EventFeed(self.s.amqp_url, self.name)
+            self.engine.resume(self._recalled())  # the previous scaler's cooldown still runs
             self.engine.due_at = now  # reconcile at once: the previous scaler may be long gone
             self.engine.published_ok = False  # tell dispatchers where we stand, once
         elif not active:

@@ -9,7 +9,8 @@ Keys in the one table:
 * ``req#<user>#<request_id>`` a remembered request outcome (``expiresAt``, TTL attribute)
 * ``user#<user>``            the set of instances a user holds (``instances``), so the
                              per-user limit is enforced in the same transaction as the lease
-* ``lock#<name>``            a lease-based lock (one active scaler / reaper)
+* ``lock#<name>``            a lease-based lock (one active scaler / reaper), with the notes
+                             its holder leaves for the next one (the scaler's last raise)
 
 Indexes (both sparse on ``status``, which only worker items carry):
 
@@ -604,16 +605,39 @@ class Store:
 
     # --- locks ------------------------------------------------------------------------
     @aws_call
-    def acquire_lock(self, name: str, *, owner: str, ttl: float, now: float) -> bool:
-        """Take or keep ``lock#name`` for ``ttl`` seconds; False if another owner holds it."""
+    def acquire_lock(self, name: str, *, owner: str, ttl: float, now: float
+                     ) -> dict[str, Any] | None:
+        """Take or keep ``lock#name`` for ``ttl`` seconds: the lock item (with any notes an
+        earlier holder left on it, see ``note_lock``), or None if another owner holds it."""
         try:
-            self.db.update_item(
+            out = self.db.update_item(
                 TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
                 UpdateExpression="SET #o = :me, lockedUntil = :until",
                 ConditionExpression="attribute_not_exists(#o) OR #o = :me OR lockedUntil < :now",
                 ExpressionAttributeNames={"#o": "owner"},
                 ExpressionAttributeValues=marshal({":me": owner, ":until": now + ttl,
                                                    ":now": now}),
+                ReturnValues="ALL_NEW",
+            )
+            return unmarshal(out.get("Attributes")) or {}
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+
+    @aws_call
+    def note_lock(self, name: str, *, owner: str, notes: dict[str, Any]) -> bool:
+        """Leave ``notes`` (attribute → value) on ``lock#name`` for whoever holds it next;
+        only the holder may. False if we no longer hold it."""
+        names = {f"#n{i}": key for i, key in enumerate(notes)}
+        values = {f":n{i}": value for i, value in enumerate(notes.values())}
+        try:
+            self.db.update_item(
+                TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
+                UpdateExpression="SET " + ", ".join(f"#n{i} = :n{i}" for i in range(len(notes))),
+                ConditionExpression="#o = :me",
+                ExpressionAttributeNames={"#o": "owner", **names},
+                ExpressionAttributeValues=marshal({":me": owner, **values}),
             )
             return True
         except ClientError as exc:
@@ -623,9 +647,11 @@ class Store:
 
     @aws_call
     def release_lock(self, name: str, *, owner: str) -> None:
+        """Give the lock up at once (its notes stay for the next holder)."""
         try:
-            self.db.delete_item(
+            self.db.update_item(
                 TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
+                UpdateExpression="REMOVE #o, lockedUntil",
                 ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "owner"},
                 ExpressionAttributeValues=marshal({":me": owner}),
             )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,12 @@ def start(s: Settings, tmp: Path, name: str = "scaler", **extra: Any) -> tuple[P
 
 def desired(s: Settings) -> int:
     return asg_of(s).describe().desired
+
+
+def seconds_between(earlier: dict[str, Any], later: dict[str, Any]) -> float:
+    """Time between two scale decisions, on the scalers' own clocks (the ``decided_at`` of
+    their log lines: the ``now`` each cooldown check used)."""
+    return float(later["decided_at"]) - float(earlier["decided_at"])
 
 
 def shortage(waiting: int) -> bytes:
@@ -147,9 +152,7 @@ def test_the_cooldown_holds_back_a_repeat_call_until_it_ends(pool: Settings,
         assert calls(record) == 2
         # the gap between the two calls, on the scaler's own clock (its log timestamps)
         wait_for(lambda: len(proc.events("scale")) == 2, 5, what="two scale lines")
-        first, second = (datetime.fromisoformat(e["ts"].replace("Z", "+00:00"))
-                         for e in proc.events("scale"))
-        assert (second - first).total_seconds() >= 3.0 - 0.01
+        assert seconds_between(*proc.events("scale")) >= 3
     finally:
         assert proc.stop() == 0
 
@@ -201,13 +204,13 @@ def test_a_leased_worker_is_protected_from_scale_in_and_unprotected_when_release
         assert proc.stop() == 0
 
 
-def test_of_two_scalers_only_one_acts_and_the_other_takes_over_when_it_stops(
+def test_of_two_scalers_only_one_acts_and_the_other_takes_over_with_its_cooldown(
         pool: Settings, tmp_path: Path) -> None:
-    a, rec_a = start(pool, tmp_path, "scaler-a", TARGET_AVAILABLE=2)
-    b, rec_b = start(pool, tmp_path, "scaler-b", TARGET_AVAILABLE=2)
+    a, rec_a = start(pool, tmp_path, "scaler-a", TARGET_AVAILABLE=2, COOLDOWN_SECONDS=6)
+    b, rec_b = start(pool, tmp_path, "scaler-b", TARGET_AVAILABLE=2, COOLDOWN_SECONDS=6)
     try:
         wait_for(lambda: desired(pool) == 2, 10, what="desired 2")
-        time.sleep(1.0)
+        time.sleep(0.5)
         actives = [p for p in (a, b) if p.events("active")]
         assert len(actives) == 1
         active, standby = (a, b) if actives[0] is a else (b, a)
@@ -216,8 +219,13 @@ def test_of_two_scalers_only_one_acts_and_the_other_takes_over_when_it_stops(
         assert active.stop() == 0  # resigns the lock on the way out
         wait_for(lambda: standby.events("active"), 5, what="the standby taking over")
         Broker(pool.amqp_url, "tests").publish(topology.SCALING, shortage(3))
-        wait_for(lambda: desired(pool) == 5, 10, what="the new active scaler acting")
+        wait_for(lambda: desired(pool) == 5, 12, what="the new active scaler acting")
         assert calls(rec_standby) == 1
+        # the standby kept its predecessor's cooldown: its raise was decided no sooner than
+        # COOLDOWN_SECONDS after the first one
+        (first,) = active.events("scale")
+        (second,) = wait_for(lambda: standby.events("scale"), 5, what="the standby's raise")
+        assert seconds_between(first, second) >= 6 - 0.001, standby.log_text()  # ms in the table
     finally:
         for p in (a, b):
             if p.popen.poll() is None:

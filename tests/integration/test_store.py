@@ -188,6 +188,18 @@ def test_the_lock_has_one_owner_until_its_lease_runs_out(store: Store) -> None:
     assert store.acquire_lock("scaler", owner="b", ttl=10, now=now + 16)
 
 
+def test_notes_on_the_lock_are_written_by_its_holder_only_and_outlive_a_release(
+        store: Store) -> None:
+    now = time.time()
+    assert store.acquire_lock("scaler", owner="a", ttl=10, now=now) is not None
+    assert store.note_lock("scaler", owner="a", notes={"lastScaleAt": now, "lastScaleDesired": 4})
+    assert not store.note_lock("scaler", owner="b", notes={"lastScaleDesired": 99})
+    store.release_lock("scaler", owner="a")
+    item = store.acquire_lock("scaler", owner="b", ttl=10, now=now + 1)  # at once: released
+    assert item is not None and item["owner"] == "b"
+    assert item["lastScaleDesired"] == 4 and abs(item["lastScaleAt"] - now) < 0.01
+
+
 def test_creating_the_table_twice_is_harmless(store: Store) -> None:
     assert store.create_table() is False
 
