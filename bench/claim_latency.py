@@ -105,7 +105,8 @@ def main() -> int:
     conn.channel().queue_declare(echo_q, auto_delete=True)
     stop = threading.Event()
     responder(settings.amqp_url, echo_q, stop)
-    proc = Proc("dispatcher", env_for(settings, target_available=0))
+    # one claim at a time: no race for the lease recheck to catch (docs/dispatcher.md)
+    proc = Proc("dispatcher", env_for(settings, target_available=0, lease_recheck_seconds=0))
     import boto3
     from botocore.config import Config
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,8 @@ class ClaimService:
                     continue
                 finally:
                     self._busy.done(worker.instance_id, self.clock.now(), taken)
+                if not self._still_ours(req, leased):
+                    continue
                 reply = assign.assigned_reply(req.request_id, leased, self.s.code_server_port)
                 if self.passwords is None:
                     return Assignment(reply, new_lease=leased)
@@ -165,6 +168,26 @@ class ClaimService:
                     return Assignment(assign.with_password(reply, password), new_lease=leased)
                 # its code-server's password is unknown now: nobody gets it; next candidate
         return None
+
+    def _still_ours(self, req: ClaimRequest, leased: Worker) -> bool:
+        """With LEASE_RECHECK_SECONDS (an emulator's non-atomic writes): re-read the lease
+        after a moment; if another write overtook ours, forget ours and try the next worker.
+        Real DynamoDB never fails this check, so it is off there."""
+        delay = self.s.lease_recheck_seconds
+        if not delay:
+            return True
+        time.sleep(delay)
+        if self.store.holds(leased.instance_id, user_id=req.user_id,
+                            request_id=req.request_id):
+            return True
+        self.metrics.leases_lost.inc()
+        log.warning("lease lost on recheck: another write overtook ours (the AWS endpoint's "
+                    "conditional writes are not atomic); trying the next worker",
+                    extra={"instance_id": leased.instance_id, "request_id": req.request_id,
+                           "user_id": req.user_id})
+        self.store.forget_lease(leased.instance_id, user_id=req.user_id,
+                                request_id=req.request_id)
+        return False
 
     def _password(self, req: ClaimRequest, leased: Worker) -> str | None:
         """A per-lease password confirmed by the worker's agent, or None after taking the

@@ -34,6 +34,10 @@ class Metrics:
         self.leases = Counter("workerpool_lease_requests_total",
                               "Release and renew requests answered, by status", ["status"],
                               registry=registry)
+        self.leases_lost = Counter(
+            "workerpool_leases_lost_on_recheck_total",
+            "Leases our conditional write made but a re-read found another's (only against "
+            "an emulator whose writes are not atomic: LEASE_RECHECK_SECONDS)", registry=registry)
         self.passwords = Counter("workerpool_lease_passwords_total",
                                  "Per-lease code-server passwords, by result "
                                  "(set, not_confirmed)", ["result"], registry=registry)

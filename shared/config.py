@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     #: agent: run after writing the config (shlex-split, no shell), e.g.
     #: ``sudo systemctl restart code-server@ubuntu``; unset: code-server is not restarted.
     code_server_restart_command: str | None = None
+    #: dispatcher: re-read each new lease after this many seconds and give it up if the item
+    #: is no longer ours. Real DynamoDB's conditional writes are atomic and need no re-read
+    #: (0); an emulator's may not be (moto: docs/dispatcher.md "Against an emulator"), so the
+    #: default is 0.05 when AWS_ENDPOINT_URL is set, else 0.
+    lease_recheck_seconds: float | None = Field(default=None, ge=0, le=5)
 
     @field_validator("amqp_url")
     @classmethod
@@ -138,6 +143,8 @@ class Settings(BaseSettings):
     def _derived(self) -> Settings:
         if self.heartbeat_timeout is None:
             self.heartbeat_timeout = 3 * self.heartbeat_interval
+        if self.lease_recheck_seconds is None:
+            self.lease_recheck_seconds = 0.05 if self.aws_endpoint_url else 0.0
         # A timeout at or below the interval makes every worker look dead between beats; it
         # is allowed (a process may only need the timeout, e.g. the reaper) but flagged.
         return self

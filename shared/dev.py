@@ -196,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
     moto = SerializedMotoServer(port=_free_port(args.moto_port)).start()
     endpoint = moto.endpoint
     env["AWS_ENDPOINT_URL"] = endpoint
+    # this moto answers one request at a time, so its conditional writes are atomic
+    env.setdefault("LEASE_RECHECK_SECONDS", "0")
 
     dev = Dev(args)
     os.environ.update(env)  # this launcher's own settings are the children's

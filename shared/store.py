@@ -424,9 +424,22 @@ class Store:
                 what="unlease: lease changed meanwhile",
             )
         finally:
-            self.forget_user_instance(user_id, instance_id)
-            self.db.delete_item(TableName=self.table,
-                                Key={"instanceId": {"S": request_key(user_id, request_id)}})
+            self.forget_lease(instance_id, user_id=user_id, request_id=request_id)
+
+    @aws_call
+    def forget_lease(self, instance_id: str, *, user_id: str, request_id: str) -> None:
+        """Forget a lease's bookkeeping (the user's count, the request's outcome), leaving the
+        worker's item alone: after an undo, or when the lease turned out not to be ours."""
+        self.forget_user_instance(user_id, instance_id)
+        self.db.delete_item(TableName=self.table,
+                            Key={"instanceId": {"S": request_key(user_id, request_id)}})
+
+    @aws_call
+    def holds(self, instance_id: str, *, user_id: str, request_id: str) -> bool:
+        """Whether the worker's item (read consistently) is leased for this request."""
+        w = self.get(instance_id)
+        return (w is not None and w.status == "leased" and w.user_id == user_id
+                and w.request_id == request_id)
 
     @aws_call
     def abandon(self, instance_id: str, *, user_id: str, request_id: str, now: float,
@@ -443,9 +456,7 @@ class Store:
                 what="abandon: lease changed meanwhile",
             )
         finally:
-            self.forget_user_instance(user_id, instance_id)
-            self.db.delete_item(TableName=self.table,
-                                Key={"instanceId": {"S": request_key(user_id, request_id)}})
+            self.forget_lease(instance_id, user_id=user_id, request_id=request_id)
 
     def user_leases(self, user_id: str) -> list[Worker]:
         """Workers currently leased to this user (consistent reads; self-healing set)."""

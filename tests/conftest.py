@@ -43,7 +43,20 @@ def amqp_url() -> str:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """One moto server for the whole session, answering one request at a time (see
-    shared/motoserver.py for why: moto's DynamoDB is not atomic under concurrency)."""
+    shared/motoserver.py for why: moto's DynamoDB is not atomic under concurrency).
+    WORKERPOOL_TEST_MOTO=threaded runs moto's own ThreadedMotoServer instead, to see how the
+    pool fares on the stock server."""
+    if os.environ.get("WORKERPOOL_TEST_MOTO") == "threaded":
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        stock = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        stock.start()
+        yield f"http://127.0.0.1:{port}"
+        stock.stop()
+        return
     from shared.motoserver import SerializedMotoServer
 
     server = SerializedMotoServer().start()
