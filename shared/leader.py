@@ -31,8 +31,7 @@ class Leadership:
             log.warning("lock refresh failed", extra={"lock": self.name, "error": str(exc)})
             item = None
         got = item is not None
-        if item is not None:
-            self.notes = item
+        self.notes = item if item is not None else self.notes
         if got != self.active:
             log.info("became active" if got else "standing by",
                      extra={"event": "active" if got else "standby", "lock": self.name,
@@ -44,8 +43,8 @@ class Leadership:
         """Leave notes on the lock item for the next active replica (best effort: losing one
         costs the next replica a little memory, never correctness)."""
         try:
-            self.store.note_lock(self.name, owner=self.owner, notes=notes)
-            self.notes.update(notes)
+            if self.store.note_lock(self.name, owner=self.owner, notes=notes):
+                self.notes.update(notes)
         except (AwsUnavailable, AwsError) as exc:
             log.warning("could not note on the lock", extra={"lock": self.name,
                                                              "error": str(exc)})

@@ -129,13 +129,15 @@ class Store:
     # --- plumbing ---------------------------------------------------------------------
     def _update(self, key: str, update: str, values: dict[str, Any], *, condition: str,
                 names: dict[str, str] | None = None, what: str) -> dict[str, Any]:
+        # DynamoDB refuses a name the expressions do not use: #s only where it appears
+        names = {**({"#s": "status"} if "#s" in update + condition else {}), **(names or {})}
         try:
             resp = self.db.update_item(
                 TableName=self.table,
                 Key={"instanceId": {"S": key}},
                 UpdateExpression=update,
                 ConditionExpression=condition,
-                ExpressionAttributeNames={"#s": "status", **(names or {})},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=marshal(values),
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
@@ -434,7 +436,6 @@ class Store:
         self.db.delete_item(TableName=self.table,
                             Key={"instanceId": {"S": request_key(user_id, request_id)}})
 
-    @aws_call
     def holds(self, instance_id: str, *, user_id: str, request_id: str) -> bool:
         """Whether the worker's item (read consistently) is leased for this request."""
         w = self.get(instance_id)
@@ -621,20 +622,13 @@ class Store:
         """Take or keep ``lock#name`` for ``ttl`` seconds: the lock item (with any notes an
         earlier holder left on it, see ``note_lock``), or None if another owner holds it."""
         try:
-            out = self.db.update_item(
-                TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
-                UpdateExpression="SET #o = :me, lockedUntil = :until",
-                ConditionExpression="attribute_not_exists(#o) OR #o = :me OR lockedUntil < :now",
-                ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues=marshal({":me": owner, ":until": now + ttl,
-                                                   ":now": now}),
-                ReturnValues="ALL_NEW",
-            )
-            return unmarshal(out.get("Attributes")) or {}
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return None
-            raise
+            return self._update(
+                f"lock#{name}", "SET #o = :me, lockedUntil = :until",
+                {":me": owner, ":until": now + ttl, ":now": now},
+                condition="attribute_not_exists(#o) OR #o = :me OR lockedUntil < :now",
+                names={"#o": "owner"}, what="lock held by another owner")
+        except ConditionFailed:
+            return None
 
     @aws_call
     def note_lock(self, name: str, *, owner: str, notes: dict[str, Any]) -> bool:
@@ -643,32 +637,23 @@ class Store:
         names = {f"#n{i}": key for i, key in enumerate(notes)}
         values = {f":n{i}": value for i, value in enumerate(notes.values())}
         try:
-            self.db.update_item(
-                TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
-                UpdateExpression="SET " + ", ".join(f"#n{i} = :n{i}" for i in range(len(notes))),
-                ConditionExpression="#o = :me",
-                ExpressionAttributeNames={"#o": "owner", **names},
-                ExpressionAttributeValues=marshal({":me": owner, **values}),
-            )
+            self._update(
+                f"lock#{name}", "SET " + ", ".join(f"#n{i} = :n{i}" for i in range(len(notes))),
+                {":me": owner, **values}, condition="#o = :me", names={"#o": "owner", **names},
+                what="lock no longer ours")
             return True
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
+        except ConditionFailed:
+            return False
 
     @aws_call
     def release_lock(self, name: str, *, owner: str) -> None:
         """Give the lock up at once (its notes stay for the next holder)."""
         try:
-            self.db.update_item(
-                TableName=self.table, Key={"instanceId": {"S": f"lock#{name}"}},
-                UpdateExpression="REMOVE #o, lockedUntil",
-                ConditionExpression="#o = :me", ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues=marshal({":me": owner}),
-            )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+            self._update(f"lock#{name}", "REMOVE #o, lockedUntil", {":me": owner},
+                         condition="#o = :me", names={"#o": "owner"},
+                         what="lock no longer ours")
+        except ConditionFailed:
+            pass  # another replica took it over meanwhile: nothing to give up
 
     # --- schema -----------------------------------------------------------------------
     @aws_call
