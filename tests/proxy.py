@@ -40,6 +40,12 @@ class CuttableProxy:
                 client.close()
                 continue
             with self._lock:
+                # a cut() that came while we were connecting upstream covers this one too
+                # (it sets _refuse_until before it takes the lock to drop the live ones)
+                if time.monotonic() < self._refuse_until:
+                    client.close()
+                    upstream.close()
+                    continue
                 self._socks.update({client, upstream})
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()

@@ -183,8 +183,11 @@ def test_sigterm_while_the_broker_is_gone_still_exits_zero_within_10_seconds(
     try:
         proc.wait_ready()
         proxy.cut(refuse_for=60)
-        wait_for(lambda: any(l.get("event") == "publish_failed" for l in proc.lines),
-                 what="a failed publish")
+        try:
+            wait_for(lambda: any(l.get("event") == "publish_failed" for l in proc.lines),
+                     what="a failed publish")
+        except AssertionError:
+            raise AssertionError(proc.log_text()) from None
         started = time.monotonic()
         assert proc.stop(timeout=10) == 0
         assert time.monotonic() - started < 10
