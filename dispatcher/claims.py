@@ -36,6 +36,8 @@ log = logging.getLogger("workerpool.dispatcher")
 #: query (the index no longer lists the workers just leased), up to ROUNDS times.
 CANDIDATES = 25
 ROUNDS = 5
+#: The longest a lease recheck waits, however slow the emulator's writes are.
+RECHECK_MAX_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ class ClaimService:
                 if not self._busy.take(worker.instance_id, self.clock.now()):
                     continue  # another thread of ours picked it a moment ago
                 taken = True  # whether the worker is no longer free after this try
+                began = time.monotonic()
                 try:
                     leased = self.store.lease(
                         worker, user_id=req.user_id, request_id=req.request_id,
@@ -158,7 +161,7 @@ class ClaimService:
                     continue
                 finally:
                     self._busy.done(worker.instance_id, self.clock.now(), taken)
-                if not self._still_ours(req, leased):
+                if not self._still_ours(req, leased, time.monotonic() - began):
                     continue
                 reply = assign.assigned_reply(req.request_id, leased, self.s.code_server_port)
                 if self.passwords is None:
@@ -169,14 +172,15 @@ class ClaimService:
                 # its code-server's password is unknown now: nobody gets it; next candidate
         return None
 
-    def _still_ours(self, req: ClaimRequest, leased: Worker) -> bool:
+    def _still_ours(self, req: ClaimRequest, leased: Worker, took: float) -> bool:
         """With LEASE_RECHECK_SECONDS (an emulator's non-atomic writes): re-read the lease
         after a moment; if another write overtook ours, forget ours and try the next worker.
-        Real DynamoDB never fails this check, so it is off there."""
-        delay = self.s.lease_recheck_seconds
-        if not delay:
+        The moment is at least twice what our own lease took, since a competing write that
+        began before ours lands about as late (on moto a transaction copies the whole
+        table, so it grows with the pool). Real DynamoDB never fails this check: off there."""
+        if not self.s.lease_recheck_seconds:
             return True
-        time.sleep(delay)
+        time.sleep(min(max(self.s.lease_recheck_seconds, 2 * took), RECHECK_MAX_SECONDS))
         if self.store.holds(leased.instance_id, user_id=req.user_id,
                             request_id=req.request_id):
             return True
