@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.clock import iso
-from shared.messages import ClaimReply, LeaseReply, WorkerInfo
+from shared.messages import CapacityStatus, ClaimReply, LeaseReply, WorkerInfo
 from shared.state import AsgState, Worker
 from shared.topology import ARRIVED_HEADER
 
-#: A scaler's "capacity cannot grow" is believed this long after it was sent: a scaler that
-#: died must not keep every future claim unavailable.
-CAPACITY_FRESH_SECONDS = 60.0
+#: The scaler's count of free and coming machines is believed this long after it was sent: a
+#: scaler that died must not keep refusing claims on an old count.
+OUTLOOK_FRESH_SECONDS = 60.0
 #: A shortage event is repeated this often while the pool stays short.
 SHORTAGE_REPEAT_SECONDS = 5.0
 #: A worker this dispatcher just tried to lease is skipped this long by its other threads
@@ -30,14 +30,39 @@ ASG_REFRESH_SECONDS = 1.0
 
 # --- values the loop hands in -------------------------------------------------------------
 @dataclass(frozen=True)
-class Capacity:
-    """The latest CapacityStatus from the scaler (``sent_at`` in epoch seconds)."""
+class Outlook:
+    """The scaler's latest count of machines (a CapacityStatus; ``sent_at`` in epoch s)."""
 
-    ok: bool
-    reason: str | None
-    desired: int | None
-    max_size: int | None
+    free: int  # free and healthy
+    booting: int  # launched, not registered yet
+    pending: int  # asked for, not launched yet
+    desired: int
+    max_size: int
+    launch_failure: str | None  # AWS's reason while launches fail, else None
     sent_at: float
+
+    @property
+    def launchable(self) -> int:
+        """Machines MaxSize still allows beyond what was asked for."""
+        return max(0, self.max_size - self.desired)
+
+    @property
+    def coming(self) -> int:
+        """Machines that will still register: while launches fail, only those launched."""
+        if self.launch_failure is not None:
+            return self.booting
+        return self.booting + self.pending + self.launchable
+
+
+def outlook(status: CapacityStatus) -> Outlook | None:
+    """The scaler's message as an Outlook (None if it lacks a count: nobody is refused)."""
+    if (status.free is None or status.booting is None or status.pending is None
+            or status.desired is None or status.max_size is None):
+        return None
+    return Outlook(free=status.free, booting=status.booting, pending=status.pending,
+                   desired=status.desired, max_size=status.max_size,
+                   launch_failure=None if status.ok else (status.reason or "launches fail"),
+                   sent_at=status.sent_at.timestamp())
 
 
 @dataclass(frozen=True)
@@ -104,27 +129,22 @@ def no_free_worker(wait_seconds: int) -> Literal["unavailable", "wait"]:
 
 
 def arrived_at(header: Any, now: float) -> float:
-    """First arrival of a claim: the header a previous hop set, else now. A header that is
-    not a sane epoch (garbled, or in the future) is replaced by now."""
-    if isinstance(header, (int, float)) and not isinstance(header, bool) and 0 < header <= now:
-        return float(header)
-    return now
+    """First arrival of a claim: the header a previous hop set (epoch microseconds; whole
+    seconds from older dispatchers), else now. A header that is not a sane epoch (garbled,
+    or in the future) is replaced by now."""
+    if not isinstance(header, (int, float)) or isinstance(header, bool) or header <= 0:
+        return now
+    seconds = header / 1_000_000 if header > 1e14 else float(header)
+    return seconds if seconds <= now else now
 
 
 def waiting_headers(headers: dict[str, Any], arrived: float) -> dict[str, Any]:
-    """Headers of a claim sent to wait: the client's own, plus its first arrival in whole
-    epoch seconds (AMQP tables carry no floats); the broker's delivery count is its own."""
+    """Headers of a claim sent to wait: the client's own, plus its first arrival in epoch
+    microseconds (AMQP tables carry no floats; claims of one burst arrive within the same
+    second, and their order is what decides which of them wait); the broker's delivery count
+    is its own."""
     kept = {k: v for k, v in headers.items() if not k.startswith("x-delivery-")}
-    return {**kept, ARRIVED_HEADER: int(arrived)}
-
-
-def reserve_capacity(capacity: Capacity | None, now: float) -> Capacity | None:
-    """The scaler's verdict if it says "cannot grow" and is recent enough to believe."""
-    if capacity is None or capacity.ok:
-        return None
-    if now - capacity.sent_at > CAPACITY_FRESH_SECONDS:
-        return None
-    return capacity
+    return {**kept, ARRIVED_HEADER: int(arrived * 1_000_000)}
 
 
 # --- the waiting room -----------------------------------------------------------------------
@@ -142,27 +162,30 @@ def plan_waiting(waiters: Sequence[Waiter], now: float, pool: PoolView) -> WaitP
     return WaitPlan(expire=tuple(expire), serve=tuple(w.key for w in serve))
 
 
-def blocked_waiters(remaining: Sequence[Waiter], capacity: Capacity | None, now: float
+def refused_waiters(remaining: Sequence[Waiter], outlook: Outlook | None, now: float
                     ) -> tuple[tuple[int, str], ...]:
-    """After assigning what was free: if the scaler says the pool cannot grow, the waiters
-    left over cannot succeed, so they are answered now with its reason."""
-    verdict = reserve_capacity(capacity, now)
-    if verdict is None:
+    """After assigning what was free: the waiting claims the pool cannot serve.
+
+    In arrival order, the oldest ``free + coming`` claims keep waiting (each for its own
+    machine: free now, booting, or still to be launched within MaxSize); the ones after them
+    are answered now. So the newest are refused first, and only when the pool can never
+    reach them. Without a recent count from the scaler nobody is refused: claims wait to
+    their deadline.
+    """
+    if outlook is None or now - outlook.sent_at > OUTLOOK_FRESH_SECONDS:
         return ()
-    reason = capacity_reason(verdict)
-    return tuple((w.key, reason) for w in remaining)
+    supply = outlook.free + outlook.coming
+    ordered = sorted(remaining, key=lambda w: (w.arrived_at, w.key))
+    return tuple((w.key, beyond_supply_reason(outlook, ahead=i))
+                 for i, w in enumerate(ordered) if i >= supply)
 
 
 # --- wording an operator can act on ------------------------------------------------------
-def _asg_words(pool: PoolView, capacity: Capacity | None = None) -> str:
-    desired = capacity.desired if capacity and capacity.desired is not None else (
-        pool.asg.desired if pool.asg else None)
-    max_size = capacity.max_size if capacity and capacity.max_size is not None else (
-        pool.asg.max_size if pool.asg else None)
-    if desired is None or max_size is None:
+def _asg_words(pool: PoolView) -> str:
+    if pool.asg is None:
         return "ASG size unknown"
-    at_max = " (at MaxSize)" if desired >= max_size else ""
-    return f"ASG desired {desired}/max {max_size}{at_max}"
+    at_max = " (at MaxSize)" if pool.asg.desired >= pool.asg.max_size else ""
+    return f"ASG desired {pool.asg.desired}/max {pool.asg.max_size}{at_max}"
 
 
 def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
@@ -176,13 +199,23 @@ def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
             f"{_asg_words(pool)}; see `workerpool status` and the ASG's activity")
 
 
-def capacity_reason(capacity: Capacity) -> str:
-    """Why a claim cannot be served while the scaler says the pool cannot grow."""
-    why = capacity.reason or "the scaler reports that capacity cannot grow"
-    sizes = ""
-    if capacity.desired is not None and capacity.max_size is not None:
-        sizes = f" (ASG desired {capacity.desired}/max {capacity.max_size})"
-    return f"no worker free and the pool cannot grow: {why}{sizes}"
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def beyond_supply_reason(outlook: Outlook, ahead: int) -> str:
+    """Why a waiting claim is answered before its wait is over: it is beyond what the pool
+    can serve, and why the pool cannot serve more (MaxSize, or AWS's launch failure)."""
+    supply = outlook.free + outlook.coming
+    head = (f"no machine for this claim: {_plural(ahead, 'claim')} ahead of it and "
+            f"{_plural(supply, 'machine')} free or coming ({outlook.free} free, "
+            f"{outlook.booting} booting")
+    if outlook.launch_failure is not None:
+        return (f"{head}); no more can come while {outlook.launch_failure} "
+                f"(ASG desired {outlook.desired}/max {outlook.max_size})")
+    return (f"{head}, {outlook.pending + outlook.launchable} still to launch); the pool is "
+            f"at its limit, ASG MaxSize {outlook.max_size}: raise ASG_MAX_SIZE / the group's "
+            "MaxSize")
 
 
 def not_in_asg_reason(instance_id: str, asg_name: str) -> str:

@@ -6,7 +6,8 @@
   WAIT_POLL_INTERVAL seconds in arrival order (``waiting.py``).
 * ``workerpool.leases``: release and renew (``leases.py``).
 * ``workerpool.agents``: register, heartbeat, deregister (``agents.py``).
-* ``workerpool.capacity`` (fanout from the scaler): whether the pool can grow.
+* ``workerpool.capacity`` (fanout from the scaler): the machines free and coming, and whether
+  launches work (which waiting claims the pool can still serve).
 * every second: tell the scaler about a shortage (free < TARGET_AVAILABLE, or waiting).
 * ``workerpool.confirm.<this dispatcher>`` (LEASE_PASSWORDS only, exclusive): agents confirm
   the per-lease passwords here (``passwords.py``).
@@ -195,12 +196,7 @@ class Dispatcher:
             self._submit(lambda: self.agents.deregister(d, msg), d)
 
     def on_capacity(self, d: Delivery) -> None:
-        status = decode(CapacityStatus, d.body)
-        self.waiting.capacity = assign.Capacity(
-            ok=status.ok, reason=status.reason, desired=status.desired,
-            max_size=status.max_size, sent_at=status.sent_at.timestamp())
-        if not status.ok:
-            log.info("scaler says the pool cannot grow", extra={"reason": status.reason})
+        self.waiting.outlook = assign.outlook(decode(CapacityStatus, d.body))
         d.ack()
 
     def _reject(self, d: Delivery, reply: ClaimReply | LeaseReply) -> None:

@@ -43,7 +43,7 @@ class WaitingRoom:
         self._held: dict[int, Held] = {}
         self._lock = threading.Lock()
         self._keys = itertools.count()
-        self.capacity: assign.Capacity | None = None
+        self.outlook: assign.Outlook | None = None  # the scaler's latest count of machines
 
     def add(self, d: Delivery, req: ClaimRequest) -> None:
         now = self.clock.now()
@@ -68,7 +68,8 @@ class WaitingRoom:
             return self._held.pop(key, None)
 
     def serve(self) -> None:
-        """One pass: time out, assign oldest first, then answer what cannot succeed."""
+        """One pass: time out, assign oldest first, then answer the claims beyond what the
+        pool can still serve (the newest)."""
         with self._lock:
             held = dict(self._held)
         if not held:
@@ -90,9 +91,9 @@ class WaitingRoom:
                 left.pop(0)
                 if self._take(h.waiter.key) is not None:
                     self.claims.deliver(h.delivery, h.request, got, h.waiter.arrived_at)
-        blocked = assign.blocked_waiters([held[k].waiter for k in left], self.capacity,
+        refused = assign.refused_waiters([held[k].waiter for k in left], self.outlook,
                                          self.clock.now())
-        for key, reason in blocked:
+        for key, reason in refused:
             self._unavailable(key, reason)
 
     def _unavailable(self, key: int, reason: str) -> None:

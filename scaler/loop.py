@@ -16,7 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 from scaler.metrics import ScalerMetrics
-from scaler.observe import LaunchStatus, WaitingBook, booting, launch_status, protection_plan
+from scaler.observe import (
+    Arriving,
+    LaunchStatus,
+    WaitingBook,
+    arriving,
+    launch_status,
+    protection_plan,
+)
 from scaler.policy import AsgView, Counts, Decision, LastScale, decide
 from shared.asg import Asg
 from shared.config import Settings
@@ -101,9 +108,10 @@ class Engine:
         registered = [w.instance_id for st in ("free", "leased", "draining", "dead")
                       for w in workers[st]]
         free = [w for w in workers["free"] if w.healthy]
+        coming = arriving(state, registered)
         counts = Counts(free=len(free), leased=len(workers["leased"]),
                         draining=len(workers["draining"]), dead=len(workers["dead"]),
-                        booting=booting(state, registered),
+                        booting=coming.total,
                         waiting=self.book.current(now, self.s.claim_wait_seconds))
         d = decide(counts, AsgView(state.desired, state.min_size, state.max_size), self.last,
                    now, self.s, trigger=trigger,  # type: ignore[arg-type]
@@ -124,7 +132,9 @@ class Engine:
         if d.drain is not None:
             self._drain([w for w in free if w.instance_id == d.drain][0], now)
         self._watch_launches(now)
-        self._tell_capacity(d, desired, state.max_size)
+        if d.set_desired is not None:  # the raise is on its way too, not launched yet
+            coming = Arriving(coming.booting, coming.pending + d.set_desired - state.desired)
+        self._tell_capacity(counts, coming, desired, state.max_size)
         self._record(counts, d, desired, state.max_size, time.monotonic() - started)
         return d
 
@@ -171,19 +181,22 @@ class Engine:
                 "status_code": act.status_code, "aws_message": act.status_message,
                 "description": act.description})
 
-    def _tell_capacity(self, d: Decision, desired: int, max_size: int) -> None:
-        ok = d.capacity_ok and self.launch.ok
-        reason = self.launch.reason if not self.launch.ok else d.capacity_reason
-        if ok and self.published_ok:
-            return
+    def _tell_capacity(self, c: Counts, coming: Arriving, desired: int, max_size: int
+                       ) -> None:
+        """Every pass: tell every dispatcher what is free and what is coming, so that each
+        waiting claim the pool cannot serve is answered at once, and the others wait
+        (dispatcher.assign.refused_waiters). A launch failure is logged when it starts and
+        when it ends."""
+        ok = self.launch.ok
         if ok != self.published_ok:
             (log.info if ok else log.warning)(
-                "capacity recovered" if ok else "capacity cannot grow",
-                extra={"event": "capacity", "ok": ok, "reason": reason})
-        # Sent on every pass while not ok, so a dispatcher that starts later learns it too.
+                "launches work again" if ok else "instances fail to launch",
+                extra={"event": "capacity", "ok": ok, "reason": self.launch.reason})
         try:
-            self.publish(CapacityStatus(ok=ok, reason=reason, desired=desired,
-                                        max_size=max_size, sent_at=now_sent_at()))
+            self.publish(CapacityStatus(ok=ok, reason=self.launch.reason, desired=desired,
+                                        max_size=max_size, free=c.free,
+                                        booting=coming.booting, pending=coming.pending,
+                                        sent_at=now_sent_at()))
             self.published_ok = ok
         except Exception as exc:  # the broker is down: the next pass publishes again
             log.warning("could not publish capacity status", extra={"error": repr(exc)})

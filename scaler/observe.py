@@ -13,14 +13,29 @@ from shared.state import Activity, AsgState
 CLOCK_SKEW_SECONDS = 5.0
 
 
-def booting(asg: AsgState, registered: Iterable[str]) -> int:
-    """Instances that will become workers but are not yet: live ASG instances without a
-    registered item (none, or status booting), plus launches AWS has not started
-    (desired above the live count)."""
+@dataclass(frozen=True)
+class Arriving:
+    """Machines that will become workers but are not yet (from one snapshot)."""
+
+    booting: int  # live ASG instances without a registered item (none, or status booting)
+    pending: int  # desired above the live count: launches AWS has not started
+
+    @property
+    def total(self) -> int:
+        return self.booting + self.pending
+
+
+def arriving(asg: AsgState, registered: Iterable[str]) -> Arriving:
+    """What is on its way: launched instances that have not registered, and launches AWS has
+    not started yet (the ones a failing launch dooms)."""
     live = asg.live_ids
-    unregistered = len(live - set(registered))
-    pending = max(0, asg.desired - len(live))
-    return unregistered + pending
+    return Arriving(booting=len(live - set(registered)),
+                    pending=max(0, asg.desired - len(live)))
+
+
+def booting(asg: AsgState, registered: Iterable[str]) -> int:
+    """Instances that will become workers but are not yet: both kinds of ``arriving``."""
+    return arriving(asg, registered).total
 
 
 def protection_plan(asg: AsgState, leased: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -120,7 +120,6 @@ class Service:
             self.feed = EventFeed(self.s.amqp_url, self.name)
             self.engine.resume(self._recalled())  # the previous scaler's cooldown still runs
             self.engine.due_at = now  # reconcile at once: the previous scaler may be long gone
-            self.engine.published_ok = False  # tell dispatchers where we stand, once
         elif not active:
             self._stand_down()
         self.engine.status["active"] = active

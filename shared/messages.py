@@ -145,13 +145,23 @@ ScalingEvent = Annotated[ShortageEvent | LeasedEvent, Field(discriminator="type"
 
 # --- internal: scaler → dispatchers (workerpool.capacity fanout) -------------------------
 class CapacityStatus(Message):
-    """Whether the pool can grow. ``ok=False`` lets dispatchers answer waiting claims now."""
+    """The machines as the active scaler saw them in its last reconcile (sent on every one).
+
+    Dispatchers use it to tell which waiting claims the pool can still serve: the oldest
+    ``free + coming`` claims keep waiting, the newer ones are answered ``unavailable`` at once
+    (dispatcher.assign.refused_waiters). ``ok`` says whether launches work: False means the
+    ASG's newest launch failed, ``reason`` carries AWS's message, and machines not launched
+    yet (``pending``, and what MaxSize would still allow) are not coming.
+    """
 
     type: Literal["capacity"] = "capacity"
     ok: bool
     reason: str | None = None
     desired: int | None = None
     max_size: int | None = None
+    free: int | None = Field(default=None, ge=0)  # free and healthy: a claim can have it now
+    booting: int | None = Field(default=None, ge=0)  # launched, not registered yet
+    pending: int | None = Field(default=None, ge=0)  # asked for, not launched yet
     sent_at: datetime
 
 

@@ -31,7 +31,7 @@ AGENTS_TOPIC_EXCHANGE = "amq.topic"
 REASON_HEADER = "x-workerpool-reason"
 #: Header that names the queue a dead-lettered message came from.
 SOURCE_HEADER = "x-workerpool-source-queue"
-#: Header set on waiting claims: epoch seconds when the claim first arrived.
+#: Header set on waiting claims: epoch microseconds when the claim first arrived.
 ARRIVED_HEADER = "x-workerpool-arrived-at"
 
 DELIVERY_LIMIT = 20

@@ -164,24 +164,57 @@ def test_a_waiting_claim_is_served_when_a_worker_registers(
         timeout=5, what="a leased event for the worker")
 
 
-def test_waiting_claims_are_answered_at_once_when_the_scaler_says_capacity_cannot_grow(
-        pool: Settings, dispatcher: Proc, client: Client) -> None:
-    cid = client.send(topology.CLAIMS, json.dumps(
-        {"request_id": "r-c", "user_id": "alice", "wait_seconds": 60}).encode())
-    wait_logged(dispatcher, "claim waits for a free worker")
+def _tell(pool: Settings, **status: object) -> None:
+    """Publish a CapacityStatus on the fanout, as the scaler does after each reconcile."""
     broker = Broker(pool.amqp_url, "tests")
-    broker.publish("", CapacityStatus(
-        ok=False, reason="launch failed: You have requested more vCPU capacity than your "
-        "current vCPU limit of 32 allows", desired=4, max_size=10,
-        sent_at=now_sent_at()).to_json(), exchange=topology.CAPACITY_EXCHANGE)
+    broker.publish("", CapacityStatus(sent_at=now_sent_at(), **status).to_json(),  # type: ignore[arg-type]
+                   exchange=topology.CAPACITY_EXCHANGE)
     broker.close()
+
+
+def test_waiting_claims_doomed_by_a_launch_failure_are_answered_at_once_with_aws_reason(
+        pool: Settings, dispatcher: Proc, client: Client) -> None:
+    cids = [client.send(topology.CLAIMS, json.dumps(
+        {"request_id": f"r-c{i}", "user_id": f"user{i}", "wait_seconds": 60}).encode())
+        for i in range(3)]
+    wait_for(lambda: "workerpool_waiting_claims 3.0" in metrics_text(dispatcher), 10,
+             what="three claims waiting")
+    # one instance did launch before the quota stopped the rest: it serves the oldest claim
+    _tell(pool, ok=False, reason="instances fail to launch (Failed): You have requested more "
+          "vCPU capacity than your current vCPU limit of 32 allows", desired=4, max_size=10,
+          free=0, booting=1, pending=3)
     started = time.monotonic()
-    reply = json.loads(client.wait([cid], timeout=10)[cid])
+    got = client.wait(cids[1:], timeout=10)
     assert time.monotonic() - started < 5
-    assert reply["status"] == "unavailable"
-    assert "vCPU limit of 32" in reply["reason"] and "desired 4/max 10" in reply["reason"]
+    for cid in cids[1:]:
+        reply = json.loads(got[cid])
+        assert reply["status"] == "unavailable"
+        assert "vCPU limit of 32" in reply["reason"] and "desired 4/max 10" in reply["reason"]
+    assert "1 machine free or coming" in json.loads(got[cids[2]])["reason"]
+    assert "1 claim ahead" in json.loads(got[cids[1]])["reason"]
+    # the oldest keeps waiting for the machine that launched
+    assert client.wait(cids[:1], timeout=0.5) == {}
+    wait_for(lambda: "workerpool_waiting_claims 1.0" in metrics_text(dispatcher), 5,
+             what="one claim still waiting")
     # the outcome stands for a repeat of the same request
-    assert client.claim("alice", "r-c") == reply
+    assert client.claim("user2", "r-c2") == json.loads(got[cids[2]])
+
+
+def test_at_max_size_only_the_claims_beyond_what_is_coming_are_refused(
+        pool: Settings, dispatcher: Proc, client: Client) -> None:
+    cids = [client.send(topology.CLAIMS, json.dumps(
+        {"request_id": f"r-m{i}", "user_id": f"user{i}", "wait_seconds": 60}).encode())
+        for i in range(4)]
+    wait_for(lambda: "workerpool_waiting_claims 4.0" in metrics_text(dispatcher), 10,
+             what="four claims waiting")
+    _tell(pool, ok=True, desired=10, max_size=10, free=0, booting=2, pending=1)
+    got = client.wait(cids, timeout=3)
+    assert list(got) == [cids[3]]  # the newest; the three oldest wait for 3 machines
+    reply = json.loads(got[cids[3]])
+    assert reply["status"] == "unavailable"
+    assert reply["reason"].startswith("no machine for this claim: 3 claims ahead of it and "
+                                      "3 machines free or coming")
+    assert "ASG MaxSize 10" in reply["reason"]
 
 
 def _get(settings: Settings, queue: str) -> bytes | None:

@@ -157,7 +157,7 @@ def test_the_cooldown_holds_back_a_repeat_call_until_it_ends(pool: Settings,
         assert proc.stop() == 0
 
 
-def test_a_need_beyond_max_size_is_clamped_and_dispatchers_hear_capacity_cannot_grow(
+def test_a_need_beyond_max_size_raises_to_max_size_and_dispatchers_hear_what_is_coming(
         pool: Settings, tmp_path: Path) -> None:
     listener = CapacityListener(pool.amqp_url)
     proc, record = start(pool, tmp_path, TARGET_AVAILABLE=0)  # no earlier call: no cooldown
@@ -165,13 +165,20 @@ def test_a_need_beyond_max_size_is_clamped_and_dispatchers_hear_capacity_cannot_
         proc.wait_ready()
         Broker(pool.amqp_url, "tests").publish(topology.SCALING, shortage(20))
         wait_for(lambda: desired(pool) == 10, 10, what="desired clamped to MaxSize 10")
-        bad = wait_for(lambda: [c for c in listener.poll() if not c.ok], 5,
-                       what="a CapacityStatus ok=False")
-        assert "MaxSize 10" in (bad[-1].reason or "") and bad[-1].max_size == 10
+        # at MaxSize, launches still work: the dispatchers hear how many machines come
+        # (moto launches them inside the call: 10 booting, none registered), and decide
+        # themselves which waiting claims those can serve
+        told = wait_for(lambda: [c for c in listener.poll() if c.desired == 10], 5,
+                        what="a CapacityStatus after the raise")
+        assert told[-1].ok and told[-1].max_size == 10
+        assert told[-1].free == 0 and told[-1].booting + told[-1].pending == 10
         time.sleep(0.5)
         assert desired(pool) == 10  # never above MaxSize (moto would accept it)
+        assert len([line for line in record.read_text().splitlines()
+                    if line == "autoscaling:SetDesiredCapacity"]) == 1
         with urllib.request.urlopen(f"http://127.0.0.1:{proc.health_port}/health") as r:
             body = json.load(r)
+        # the operator still sees that demand is beyond MaxSize
         assert r.status == 200 and body["scaler"]["capacity_ok"] is False
         assert "MaxSize 10" in body["scaler"]["capacity_reason"]
     finally:

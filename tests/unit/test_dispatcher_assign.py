@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dispatcher import assign
-from dispatcher.assign import Capacity, PoolView, ShortageSent, Waiter
+from dispatcher.assign import Outlook, PoolView, ShortageSent, Waiter
 from shared.state import AsgState, Worker
 
 NOW = 1_800_000_000.0
@@ -35,14 +35,16 @@ def test_wait_seconds_zero_means_unavailable_now(wait: int, answer: str) -> None
 @pytest.mark.parametrize(("header", "arrived"), [
     (None, NOW), (NOW - 30, NOW - 30), (int(NOW - 30), NOW - 30), ("garbage", NOW),
     (NOW + 100, NOW), (True, NOW), (-5, NOW),
+    (int((NOW - 30.25) * 1_000_000), NOW - 30.25), (int((NOW + 1) * 1_000_000), NOW),
 ])
 def test_the_first_arrival_is_kept_only_when_it_is_a_sane_past_epoch(header, arrived) -> None:
     assert assign.arrived_at(header, NOW) == arrived
 
 
-def test_waiting_headers_keep_the_clients_drop_the_brokers_and_are_whole_seconds() -> None:
+def test_waiting_headers_keep_the_clients_drop_the_brokers_and_are_microseconds() -> None:
     got = assign.waiting_headers({"x-delivery-count": 3, "trace": "t"}, NOW + 0.7)
-    assert got == {"trace": "t", "x-workerpool-arrived-at": int(NOW)}
+    assert got == {"trace": "t", "x-workerpool-arrived-at": int((NOW + 0.7) * 1_000_000)}
+    assert assign.arrived_at(got["x-workerpool-arrived-at"], NOW + 1) == pytest.approx(NOW + 0.7)
 
 
 POOL = PoolView(free=0, target=2, asg=AsgState(name="g", min_size=0, max_size=10, desired=4))
@@ -60,19 +62,83 @@ def test_expired_waiters_time_out_and_the_rest_are_served_oldest_first() -> None
                       "ASG desired 4/max 10; see `workerpool status` and the ASG's activity")
 
 
-@pytest.mark.parametrize(("capacity", "blocked"), [
-    (None, False),
-    (Capacity(ok=True, reason=None, desired=4, max_size=10, sent_at=NOW), False),
-    (Capacity(ok=False, reason="at MaxSize", desired=10, max_size=10, sent_at=NOW - 5), True),
-    (Capacity(ok=False, reason="stale", desired=10, max_size=10, sent_at=NOW - 61), False),
-])
-def test_leftover_waiters_are_answered_now_only_on_a_recent_cannot_grow(capacity, blocked
-                                                                         ) -> None:
-    got = assign.blocked_waiters([Waiter(1, "r", "u", NOW, 60)], capacity, NOW)
-    assert bool(got) == blocked
-    if blocked:
-        assert got[0][1] == ("no worker free and the pool cannot grow: at MaxSize "
-                             "(ASG desired 10/max 10)")
+def outlook(free: int = 0, booting: int = 0, pending: int = 0, desired: int = 10,
+            max_size: int = 10, failure: str | None = None, age: float = 1.0) -> Outlook:
+    return Outlook(free=free, booting=booting, pending=pending, desired=desired,
+                   max_size=max_size, launch_failure=failure, sent_at=NOW - age)
+
+
+QUOTA = "instances fail to launch (Failed): You have requested more vCPU capacity"
+
+
+# Waiters w1..wN arrived in that order (w1 oldest). (name, outlook, waiters, refused keys)
+SPLITS = [
+    ("no word from the scaler: everybody waits to their deadline",
+     None, 5, []),
+    ("a count older than a minute is not believed",
+     outlook(age=61), 5, []),
+    ("at MaxSize, 8 booting serve the 8 oldest of 9; the newest is refused",
+     outlook(booting=8), 9, [9]),
+    ("the issue's first case: desired 6 of 10, 4 booting + 4 launchable cover 7 waiters",
+     outlook(booting=4, desired=6), 7, []),
+    ("the issue's third case: 10 launchable machines for 30 waiters; the newest 20 go",
+     outlook(desired=30, max_size=40), 30, list(range(11, 31))),
+    ("the issue's fourth case: the one machine MaxSize allows is booting for the first",
+     outlook(booting=1, desired=1, max_size=1), 2, [2]),
+    ("free workers count (a lease may be a moment away), pending launches too",
+     outlook(free=2, pending=3, desired=10), 6, [6]),
+    ("launches fail: only what did launch is coming; pending and launchable are not",
+     outlook(booting=1, pending=4, desired=6, failure=QUOTA), 3, [2, 3]),
+    ("launches fail with nothing launched: every waiter is refused",
+     outlook(pending=2, desired=2, failure=QUOTA), 2, [1, 2]),
+    ("room for everybody: nobody is refused",
+     outlook(booting=2, desired=4), 3, []),
+]
+
+
+@pytest.mark.parametrize(("name", "seen", "count", "refused"), SPLITS, ids=[c[0] for c in SPLITS])
+def test_waiting_claims_beyond_free_and_coming_machines_are_refused_newest_first(
+        name: str, seen: Outlook | None, count: int, refused: list[int]) -> None:
+    # keys are deliberately not in arrival order: arrival decides, the key only breaks ties
+    waiters = [Waiter(100 - i, f"r-{i}", f"u{i}", NOW - 50 + i, 60) for i in range(1, count + 1)]
+    got = assign.refused_waiters(list(reversed(waiters)), seen, NOW)
+    assert sorted(100 - key for key, _ in got) == refused
+
+
+def test_ties_in_arrival_are_broken_by_delivery_order() -> None:
+    waiters = [Waiter(2, "r-b", "u", NOW - 5, 60), Waiter(1, "r-a", "u", NOW - 5, 60)]
+    got = assign.refused_waiters(waiters, outlook(booting=1, desired=10, max_size=10), NOW)
+    assert [key for key, _ in got] == [2]
+
+
+def test_a_refusal_at_max_size_says_how_many_machines_come_and_how_many_claims_are_ahead() -> None:
+    waiters = [Waiter(i, f"r-{i}", "u", NOW - 10 + i, 60) for i in range(4)]
+    got = assign.refused_waiters(waiters, outlook(free=1, booting=1, pending=1), NOW)
+    assert got == ((3, "no machine for this claim: 3 claims ahead of it and 3 machines free or "
+                        "coming (1 free, 1 booting, 1 still to launch); the pool is at its "
+                        "limit, ASG MaxSize 10: raise ASG_MAX_SIZE / the group's MaxSize"),)
+
+
+def test_a_refusal_during_launch_failures_carries_aws_reason() -> None:
+    got = assign.refused_waiters([Waiter(1, "r", "u", NOW, 60)],
+                                 outlook(pending=2, desired=2, failure=QUOTA), NOW)
+    assert got == ((1, "no machine for this claim: 0 claims ahead of it and 0 machines free or "
+                        f"coming (0 free, 0 booting); no more can come while {QUOTA} "
+                        "(ASG desired 2/max 10)"),)
+
+
+def test_the_scalers_message_becomes_an_outlook_and_ok_false_is_a_launch_failure() -> None:
+    from datetime import UTC, datetime
+
+    from shared.messages import CapacityStatus
+
+    sent = datetime.fromtimestamp(NOW, UTC)
+    got = assign.outlook(CapacityStatus(ok=False, reason=QUOTA, desired=4, max_size=10, free=0,
+                                        booting=1, pending=3, sent_at=sent))
+    assert got == Outlook(free=0, booting=1, pending=3, desired=4, max_size=10,
+                          launch_failure=QUOTA, sent_at=NOW)
+    assert got.coming == 1
+    assert assign.outlook(CapacityStatus(ok=True, desired=4, max_size=10, sent_at=sent)) is None
 
 
 @pytest.mark.parametrize(("free", "waiting", "last", "due"), [

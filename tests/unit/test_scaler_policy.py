@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from scaler.observe import WaitingBook, booting, launch_status, protection_plan
+from scaler.observe import Arriving, WaitingBook, arriving, booting, launch_status, protection_plan
 from scaler.policy import AsgView, Counts, LastScale, decide, missing_workers
 from shared.state import Activity, AsgInstance, AsgState, Worker
 
@@ -122,6 +122,7 @@ def test_booting_counts_unregistered_live_instances_and_launches_not_started():
         AsgInstance("i-3", "Pending"), AsgInstance("i-4", "Terminating")))
     # i-1 registered; i-2 and i-3 live but not registered; 5 desired - 3 live = 2 pending
     assert booting(asg, ["i-1", "i-4"]) == 4
+    assert arriving(asg, ["i-1", "i-4"]) == Arriving(booting=2, pending=2)
 
 
 def test_protection_follows_the_lease_and_ignores_leaving_instances():
