@@ -36,7 +36,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 from shared import topology  # noqa: E402
 from shared.broker import Consumer, Delivery, RpcClient, purge  # noqa: E402
 from shared.config import Settings, parse_settings  # noqa: E402
-from shared.store import HEARTBEAT_INDEX, Store, marshal  # noqa: E402
+from shared.store import Store  # noqa: E402
+from shared.store.schema import HEARTBEAT_INDEX  # noqa: E402
+from shared.store.table import marshal  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -52,7 +54,7 @@ def seed(store: Store, n: int, start: int) -> None:
         "publicIp": f"3.0.{k // 250 % 250}.{k % 250 + 1}", "privateIp": "10.0.0.1"})}}
         for k in range(start, n)]
     for i in range(0, len(rows), 25):
-        store.db.batch_write_item(RequestItems={store.table: rows[i:i + 25]})
+        store.db.batch_write_item(RequestItems={store.table.name: rows[i:i + 25]})
 
 
 def responder(url: str, queue: str, stop: threading.Event) -> Consumer:
@@ -134,7 +136,7 @@ def main() -> int:
                 t = time.perf_counter()
                 client.call(echo_q, b"{}", timeout=30)
                 store.db.update_item(
-                    TableName=store.table, Key={"instanceId": {"S": "i-floor"}},
+                    TableName=store.table.name, Key={"instanceId": {"S": "i-floor"}},
                     UpdateExpression="SET hits = if_not_exists(hits, :z) + :one",
                     ConditionExpression="attribute_not_exists(locked)",
                     ExpressionAttributeValues={":z": {"N": "0"}, ":one": {"N": "1"}})
@@ -142,12 +144,12 @@ def main() -> int:
                 # a Scan of 10,000 items takes seconds on moto: a few suffice
                 if k < (5 if n < 10000 else 2):
                     t = time.perf_counter()
-                    resp = slow.scan(TableName=store.table, FilterExpression="#s = :f",
+                    resp = slow.scan(TableName=store.table.name, FilterExpression="#s = :f",
                                          ExpressionAttributeNames={"#s": "status"},
                                          ExpressionAttributeValues={":f": {"S": "free"}})
                     scan_read = resp["ScannedCount"]
                     scan.append(time.perf_counter() - t)
-            q = store.db.query(TableName=store.table, IndexName=HEARTBEAT_INDEX,
+            q = store.db.query(TableName=store.table.name, IndexName=HEARTBEAT_INDEX,
                                KeyConditionExpression="#s = :f", FilterExpression="healthy = :y",
                                ExpressionAttributeNames={"#s": "status"},
                                ExpressionAttributeValues={":f": {"S": "free"},

@@ -47,7 +47,7 @@ def moto_ceiling(store: Store, agents: int, threads: int, writes: int = 800) -> 
     ids = [f"i-{k:017x}" for k in range(agents)]
     started = time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda k: store.heartbeat(ids[k % agents], healthy=True,
+        list(pool.map(lambda k: store.workers.heartbeat(ids[k % agents], healthy=True,
                                                 now=time.time()), range(writes)))
     return writes / (time.monotonic() - started)
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scaling.py [--bursts 10,100,1000] [--boot 60]
 
-Each run drives the real scaler Engine (scaler.loop: the same reconcile, burst coalescing,
+Each run drives the real scaler (scaler.loop.Scaler: the same reconcile, burst coalescing,
 cooldown and policy as `python -m scaler`) against moto in-process, with a simulated
 dispatcher and fleet around it, on a virtual clock (0.05 s steps), so a 60 s boot costs no
 real minute and every run sees the same event stream:
@@ -35,7 +35,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 from moto import mock_aws  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from scaler.loop import Engine  # noqa: E402
+from scaler.loop import Scaler  # noqa: E402
 from scaler.metrics import ScalerMetrics  # noqa: E402
 from shared.asg import Asg  # noqa: E402
 from shared.aws import client  # noqa: E402
@@ -82,21 +82,22 @@ def run(strategy: str, n: int, boot: float) -> dict[str, Any]:
                          instance_type=s.worker_instance_type, max_size=3 * n + 10)
         view = Asg(name=s.asg_name, region=s.aws_region)  # the simulator's own, not counted
         counting.calls.clear()
-        engine = Engine(settings=s, store=store, asg=asg,
-                        metrics=ScalerMetrics(CollectorRegistry()), publish=lambda st: None)
+        scaler = Scaler(settings=s, store=store, asg=asg,
+                        metrics=ScalerMetrics(CollectorRegistry()),
+                        publish_capacity=lambda st: None)
         seen: dict[str, float] = {}  # instance → when it appeared in the ASG
         waiting, served, free, need = 0, 0, 0, n + TARGET
         t, covered_at, missing_1s, peak = 0.0, None, None, 0
         wall = time.monotonic()
-        engine.due_at = EPOCH + 1  # the engine's first scheduled pass
+        scaler.due_at = EPOCH + 1  # its first scheduled pass
         for _ in range(n):  # the burst
             waiting += 1
-            engine.handle(ShortageEvent(type="shortage", free=0, waiting=waiting,
+            scaler.handle(ShortageEvent(type="shortage", free=0, waiting=waiting,
                                         sent_at=at(0)), EPOCH)
         horizon = 3 * boot + 40
         while t < horizon:
             t = round(t + (STEP if t < 2 else 10 * STEP), 3)  # fine-grained around the burst
-            engine.tick(EPOCH + t)
+            scaler.tick(EPOCH + t)
             state = view.describe()
             peak = max(peak, state.desired)
             if covered_at is None and state.desired >= need:
@@ -107,21 +108,21 @@ def run(strategy: str, n: int, boot: float) -> dict[str, Any]:
                 seen[iid] = t
             for iid in [i for i, t0 in seen.items() if t0 + boot <= t]:
                 seen[iid] = float("inf")
-                worker = store.register(iid, now=EPOCH + t, private_ip="10.0.0.1",
+                worker = store.workers.register(iid, now=EPOCH + t, private_ip="10.0.0.1",
                                         public_ip=None)
                 free += 1
                 if waiting:
                     try:
-                        store.lease(worker, user_id=f"u{served}", request_id=f"r{served}",
+                        store.leases.grant(worker, user_id=f"u{served}", request_id=f"r{served}",
                                     lease_seconds=3600, now=EPOCH + t, max_leases=1,
                                     remember_seconds=86400)
                     except ConditionFailed:
                         continue
                     waiting, served, free = waiting - 1, served + 1, free - 1
-                    engine.handle(LeasedEvent(type="leased", instance_id=iid,
+                    scaler.handle(LeasedEvent(type="leased", instance_id=iid,
                                               sent_at=at(t)), EPOCH + t)
                 if free < TARGET or waiting:
-                    engine.handle(ShortageEvent(type="shortage", free=free, waiting=waiting,
+                    scaler.handle(ShortageEvent(type="shortage", free=free, waiting=waiting,
                                                 sent_at=at(t)), EPOCH + t)
             if served == n and t > 2 * boot + 10 and not any(v < 1e18 for v in seen.values()):
                 break

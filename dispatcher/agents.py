@@ -1,72 +1,28 @@
 """Agent messages (PROTOCOL §4): register, heartbeat, deregister.
 
-A registration is believed only for an instance of our Auto Scaling Group (a cached
-DescribeAutoScalingGroups, refreshed on a miss at most once a second). Heartbeats are the
-bulk of the traffic (10,000 agents at one per 15 s is 667 msg/s, and a DynamoDB write costs
-~5 ms on moto): they are written by the worker pool in parallel, and the heartbeats of one
-instance that queue up behind each other are written once, with the newest.
+A registration is believed only for an instance of our Auto Scaling Group
+(dispatcher.membership). Heartbeats are the bulk of the traffic (10,000 agents at one per
+15 s is 667 msg/s, and a DynamoDB write costs a few ms): they are written by the worker
+pool in parallel, and the heartbeats of one instance that queue up behind each other are
+written once, with the newest.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
-from dispatcher import assign
+from dispatcher import assign, replies
+from dispatcher.membership import AsgMembers
 from dispatcher.metrics import Metrics
-from shared.asg import Asg
 from shared.broker import Delivery
 from shared.clock import Clock
-from shared.errors import AwsError, AwsUnavailable, ConditionFailed
+from shared.errors import ConditionFailed
 from shared.messages import Deregister, Heartbeat, Register
-from shared.state import AsgState
 from shared.store import Store
 
-log = logging.getLogger("workerpool.dispatcher")
-
-
-class AsgMembers:
-    """Which instances are in the ASG, cached; thread-safe."""
-
-    def __init__(self, asg: Asg, *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.asg = asg
-        self._mono = monotonic
-        self._ids: frozenset[str] = frozenset()
-        self._refreshed_at: float | None = None
-        self._lock = threading.Lock()
-        self.state: AsgState | None = None  # the last AsgState, for the wording of reasons
-
-    def contains(self, instance_id: str, seen_at: float) -> bool:
-        """``seen_at``: monotonic time the message arrived (a refresh after it is enough)."""
-        with self._lock:  # one DescribeAutoScalingGroups at a time; the others reuse it
-            verdict = assign.asg_lookup(instance_id, self._ids, self._refreshed_at, seen_at)
-            if verdict != "refresh":
-                return verdict == "known"
-            delay = assign.refresh_delay(self._refreshed_at, self._mono())
-            if delay:
-                time.sleep(delay)
-            started = self._mono()
-            self.state = self.asg.describe()
-            self._ids, self._refreshed_at = self.state.live_ids, started
-            return instance_id in self._ids
-
-    def recent_state(self, max_age: float = 10.0) -> AsgState | None:
-        """The ASG as of at most ``max_age`` seconds ago, for the numbers in an
-        ``unavailable`` reason (one describe per ``max_age`` at most; stale if AWS fails)."""
-        with self._lock:
-            fresh = (self._refreshed_at is not None
-                     and self._mono() - self._refreshed_at <= max_age)
-            if self.state is None or not fresh:
-                try:
-                    started = self._mono()
-                    self.state = self.asg.describe()
-                    self._ids, self._refreshed_at = self.state.live_ids, started
-                except (AwsError, AwsUnavailable) as exc:
-                    log.info("ASG not described for a reason's wording",
-                             extra={"error": str(exc)})
-            return self.state
+log = logging.getLogger(__name__)
 
 
 class AgentService:
@@ -89,13 +45,13 @@ class AgentService:
     def register(self, d: Delivery, msg: Register, seen_at: float) -> None:
         ids = {"instance_id": msg.instance_id}
         if not self.members.contains(msg.instance_id, seen_at):
-            reason = assign.not_in_asg_reason(msg.instance_id, self.asg_name)
+            reason = replies.not_in_asg_reason(msg.instance_id, self.asg_name)
             log.warning("registration refused: %s", reason, extra=ids)
             self.metrics.registrations.labels(result="refused").inc()
             d.dead_letter(reason)
             return
         try:
-            worker = self.store.register(
+            worker = self.store.workers.register(
                 msg.instance_id, now=self.clock.now(), private_ip=msg.private_ip,
                 public_ip=msg.public_ip, instance_type=msg.instance_type,
                 availability_zone=msg.availability_zone, agent_version=msg.agent_version)
@@ -112,8 +68,8 @@ class AgentService:
 
     def deregister(self, d: Delivery, msg: Deregister) -> None:
         try:
-            self.store.deregister(msg.instance_id, now=self.clock.now(),
-                                  reason=msg.reason or "deregistered")
+            self.store.workers.deregister(msg.instance_id, now=self.clock.now(),
+                                          reason=msg.reason or "deregistered")
             log.info("worker deregistered", extra={"instance_id": msg.instance_id,
                                                     "reason": msg.reason})
         except ConditionFailed:
@@ -145,7 +101,7 @@ class AgentService:
                 d.ack()
             return
         try:
-            self.store.heartbeat(instance_id, healthy=healthy, now=self.clock.now())
+            self.store.workers.heartbeat(instance_id, healthy=healthy, now=self.clock.now())
         except ConditionFailed:
             log.debug("heartbeat of an unknown or draining worker",
                       extra={"instance_id": instance_id})

@@ -1,18 +1,18 @@
-"""The dispatcher's judgement, as pure functions: state + ``now`` + settings in, decisions out.
-
-Nothing here does I/O or reads the clock; ``loop.py`` reads the table and the broker, asks
-these functions what to do, and does it. Each function is tested as a table of cases in
-``tests/unit/test_dispatcher_assign.py``.
+"""The dispatcher's judgement, as pure functions: what was read + ``now`` + settings in,
+decisions out. Nothing here does I/O or reads the clock; the services (claims.py,
+waiting.py, agents.py, leases.py) read, ask these functions, and apply. Each is tested as a
+table of cases in ``tests/unit/test_dispatcher_assign.py``. The words of replies and
+reasons are in replies.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from shared.clock import iso
-from shared.messages import CapacityStatus, ClaimReply, LeaseReply, WorkerInfo
+from dispatcher import replies
+from shared.messages import CapacityStatus
 from shared.state import AsgState, Worker
 from shared.topology import ARRIVED_HEADER
 
@@ -24,11 +24,28 @@ SHORTAGE_REPEAT_SECONDS = 5.0
 #: A worker this dispatcher just tried to lease is skipped this long by its other threads
 #: (the index may still list it as free for a moment).
 RECENTLY_TRIED_SECONDS = 2.0
-#: The ASG membership cache is refreshed at most this often (DescribeAutoScalingGroups).
-ASG_REFRESH_SECONDS = 1.0
 
 
-# --- values the loop hands in -------------------------------------------------------------
+# --- what the services hand in --------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolView:
+    """What the dispatcher last knew about the pool, for the wording of reasons."""
+
+    free: int | None
+    target: int
+    asg: AsgState | None = None
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """What the claim path read for one claim: the remembered outcome of its request, the
+    user's leases, and free workers from the index (in the order to try them)."""
+
+    recalled: dict[str, Any] | None
+    held: tuple[Worker, ...] = ()
+    candidates: tuple[Worker, ...] = ()
+
+
 @dataclass(frozen=True)
 class Outlook:
     """The scaler's latest count of machines (a CapacityStatus; ``sent_at`` in epoch s)."""
@@ -67,7 +84,7 @@ def outlook(status: CapacityStatus) -> Outlook | None:
 
 @dataclass(frozen=True)
 class Waiter:
-    """A waiting claim as the waiting room sees it (``key`` identifies it to the loop)."""
+    """A waiting claim as the waiting room sees it (``key`` identifies it to the room)."""
 
     key: int
     request_id: str
@@ -80,52 +97,63 @@ class Waiter:
         return self.arrived_at + self.wait_seconds
 
 
+# --- a claim ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PoolView:
-    """What the dispatcher last knew about the pool, for the wording of reasons."""
+class Repeat:
+    """This (user, request_id) was answered before: answer the same outcome."""
 
-    free: int | None
-    target: int
-    asg: AsgState | None = None
+    outcome: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class WaitPlan:
-    """``expire``: (waiter key, reason) to answer ``unavailable`` now; ``serve``: waiter keys
-    to try to assign, oldest first."""
+class Existing:
+    """The user holds MAX_LEASES_PER_USER leases already: give this one back."""
 
-    expire: tuple[tuple[int, str], ...]
-    serve: tuple[int, ...]
+    worker: Worker
 
 
-# --- a claim ------------------------------------------------------------------------------
-ClaimStep = Literal["repeat", "existing", "lease"]
+@dataclass(frozen=True)
+class TryLease:
+    """Lease the first of these free workers that is still free."""
+
+    order: tuple[Worker, ...]
 
 
-def claim_step(recalled: dict[str, Any] | None, held: Sequence[Worker], max_leases: int
-               ) -> ClaimStep:
-    """What to do with a valid claim before looking for a free worker.
+@dataclass(frozen=True)
+class Wait:
+    """No worker now: wait for one (in the waiting room, or go on waiting there)."""
 
-    ``repeat``: this (user, request_id) was answered before: answer the same outcome.
-    ``existing``: the user already holds MAX_LEASES_PER_USER leases: give one back.
-    ``lease``: look for a free worker.
+
+@dataclass(frozen=True)
+class Unavailable:
+    """No worker now and the claim may not wait (``wait_seconds: 0``)."""
+
+    reason: str
+
+
+ClaimPlan = Repeat | Existing | TryLease | Wait | Unavailable
+
+
+def claim_plan(view: ClaimView, *, busy: frozenset[str], max_leases: int,
+               wait_seconds: int | None, pool: PoolView) -> ClaimPlan:
+    """What to do with a valid claim, given what was read for it.
+
+    A repeated request gets its first outcome; a user at the limit gets a held worker back;
+    otherwise the free workers no thread of ours is leasing (or tried a moment ago) are
+    tried in the order read (the reader shuffles: several dispatchers read the same page).
+    With none: ``wait_seconds: 0`` means unavailable now (PROTOCOL §3); a claim that is
+    already waiting (``wait_seconds=None``) or may wait, waits.
     """
-    if recalled is not None:
-        return "repeat"
-    if len(held) >= max_leases:
-        return "existing"
-    return "lease"
-
-
-def untried(candidates: Sequence[Worker], busy: frozenset[str]) -> list[Worker]:
-    """Candidates no thread of ours is leasing now or tried a moment ago, in the order
-    given (the loop shuffles: several dispatchers read the same index page)."""
-    return [w for w in candidates if w.instance_id not in busy]
-
-
-def no_free_worker(wait_seconds: int) -> Literal["unavailable", "wait"]:
-    """``wait_seconds: 0`` means a free worker now or ``unavailable`` now (PROTOCOL §3)."""
-    return "unavailable" if wait_seconds <= 0 else "wait"
+    if view.recalled is not None:
+        return Repeat(view.recalled)
+    if len(view.held) >= max_leases:
+        return Existing(view.held[0])
+    order = tuple(w for w in view.candidates if w.instance_id not in busy)
+    if order:
+        return TryLease(order)
+    if wait_seconds is not None and wait_seconds <= 0:
+        return Unavailable(replies.timeout_reason(0, pool))
+    return Wait()
 
 
 def arrived_at(header: Any, now: float) -> float:
@@ -147,7 +175,16 @@ def waiting_headers(headers: dict[str, Any], arrived: float) -> dict[str, Any]:
     return {**kept, ARRIVED_HEADER: int(arrived * 1_000_000)}
 
 
-# --- the waiting room -----------------------------------------------------------------------
+# --- the waiting room -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WaitPlan:
+    """``expire``: (waiter key, reason) to answer ``unavailable`` now; ``serve``: waiter keys
+    to try to assign, oldest first."""
+
+    expire: tuple[tuple[int, str], ...]
+    serve: tuple[int, ...]
+
+
 def plan_waiting(waiters: Sequence[Waiter], now: float, pool: PoolView) -> WaitPlan:
     """Waiters past their deadline are answered ``unavailable``; the others are tried in
     arrival order (oldest first, ties by delivery order)."""
@@ -155,14 +192,14 @@ def plan_waiting(waiters: Sequence[Waiter], now: float, pool: PoolView) -> WaitP
     serve: list[Waiter] = []
     for w in waiters:
         if now >= w.deadline:
-            expire.append((w.key, timeout_reason(w.wait_seconds, pool)))
+            expire.append((w.key, replies.timeout_reason(w.wait_seconds, pool)))
         else:
             serve.append(w)
     serve.sort(key=lambda w: (w.arrived_at, w.key))
     return WaitPlan(expire=tuple(expire), serve=tuple(w.key for w in serve))
 
 
-def refused_waiters(remaining: Sequence[Waiter], outlook: Outlook | None, now: float
+def refused_waiters(remaining: Sequence[Waiter], seen: Outlook | None, now: float
                     ) -> tuple[tuple[int, str], ...]:
     """After assigning what was free: the waiting claims the pool cannot serve.
 
@@ -172,129 +209,15 @@ def refused_waiters(remaining: Sequence[Waiter], outlook: Outlook | None, now: f
     reach them. Without a recent count from the scaler nobody is refused: claims wait to
     their deadline.
     """
-    if outlook is None or now - outlook.sent_at > OUTLOOK_FRESH_SECONDS:
+    if seen is None or now - seen.sent_at > OUTLOOK_FRESH_SECONDS:
         return ()
-    supply = outlook.free + outlook.coming
+    supply = seen.free + seen.coming
     ordered = sorted(remaining, key=lambda w: (w.arrived_at, w.key))
-    return tuple((w.key, beyond_supply_reason(outlook, ahead=i))
+    return tuple((w.key, replies.beyond_supply_reason(seen, ahead=i))
                  for i, w in enumerate(ordered) if i >= supply)
 
 
-# --- wording an operator can act on ------------------------------------------------------
-def _asg_words(pool: PoolView) -> str:
-    if pool.asg is None:
-        return "ASG size unknown"
-    at_max = " (at MaxSize)" if pool.asg.desired >= pool.asg.max_size else ""
-    return f"ASG desired {pool.asg.desired}/max {pool.asg.max_size}{at_max}"
-
-
-def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
-    """Why a claim that waited its whole wait got no worker."""
-    free = "unknown" if pool.free is None else str(pool.free)
-    if wait_seconds <= 0:
-        head = "no free worker right now (wait_seconds is 0)"
-    else:
-        head = f"no worker became free within {wait_seconds} s"
-    return (f"{head}; the pool has {free} free of target {pool.target}, "
-            f"{_asg_words(pool)}; see `workerpool status` and the ASG's activity")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def beyond_supply_reason(outlook: Outlook, ahead: int) -> str:
-    """Why a waiting claim is answered before its wait is over: it is beyond what the pool
-    can serve, and why the pool cannot serve more (MaxSize, or AWS's launch failure)."""
-    supply = outlook.free + outlook.coming
-    head = (f"no machine for this claim: {_plural(ahead, 'claim')} ahead of it and "
-            f"{_plural(supply, 'machine')} free or coming ({outlook.free} free, "
-            f"{outlook.booting} booting")
-    if outlook.launch_failure is not None:
-        return (f"{head}); no more can come while {outlook.launch_failure} "
-                f"(ASG desired {outlook.desired}/max {outlook.max_size})")
-    return (f"{head}, {outlook.pending + outlook.launchable} still to launch); the pool is "
-            f"at its limit, ASG MaxSize {outlook.max_size}: raise ASG_MAX_SIZE / the group's "
-            "MaxSize")
-
-
-def not_in_asg_reason(instance_id: str, asg_name: str) -> str:
-    return f"instance {instance_id} is not in Auto Scaling Group {asg_name}"
-
-
-# --- replies --------------------------------------------------------------------------------
-def assigned_reply(request_id: str, worker: Worker, port: int) -> ClaimReply:
-    """``assigned`` with the worker's addresses and its current lease expiry."""
-    return ClaimReply(
-        request_id=request_id, status="assigned", reason=None,
-        worker=WorkerInfo(instance_id=worker.instance_id, public_ip=worker.public_ip,
-                          private_ip=worker.private_ip, url=worker.url(port), password=None),
-        lease_expiry=iso(worker.lease_expiry) if worker.lease_expiry else None,
-    )
-
-
-def repeated_claim_reply(request_id: str, outcome: dict[str, Any], worker: Worker | None,
-                         port: int) -> ClaimReply:
-    """The same outcome for a repeated request_id. For ``assigned``: the same worker, with
-    its current lease expiry (only renew extends it)."""
-    status = outcome.get("status")
-    if status == "assigned" and outcome.get("instance_id"):
-        if worker is None:
-            # recycled since: the same worker, as the remembered outcome describes it
-            worker = Worker(instance_id=str(outcome["instance_id"]), status="draining",
-                            last_heartbeat=0.0, public_ip=outcome.get("public_ip"),
-                            private_ip=outcome.get("private_ip"),
-                            lease_expiry=float(outcome.get("lease_expiry") or 0))
-        return assigned_reply(request_id, worker, port)
-    if status == "unavailable":
-        return ClaimReply(request_id=request_id, status="unavailable",
-                          reason=outcome.get("reason"))
-    return ClaimReply(request_id=request_id, status="rejected",
-                      reason="request_id: already used by a release or renew of this user")
-
-
-# --- per-lease passwords (LEASE_PASSWORDS) -------------------------------------------------
-#: The ``reason`` of a worker taken out because its agent did not confirm the password.
-PASSWORD_NOT_CONFIRMED = "password not confirmed"
-#: The ``reason`` of an ``assigned`` reply without the password: a repeated request, or a
-#: user at MAX_LEASES_PER_USER getting their worker back. The password is never stored.
-PASSWORD_SENT_ONCE = ("password: sent only in the first reply for this lease (never stored); "
-                      "release the worker and claim again for a new one")
-
-
-def with_password(reply: ClaimReply, password: str) -> ClaimReply:
-    """The assigned reply carrying the lease's password (to the claimant only)."""
-    assert reply.worker is not None
-    return reply.model_copy(update={"worker": reply.worker.model_copy(
-        update={"password": password})})
-
-
-def password_note(reply: ClaimReply) -> ClaimReply:
-    """An ``assigned`` reply that cannot carry the password says why in ``reason``."""
-    if reply.status != "assigned" or (reply.worker and reply.worker.password):
-        return reply
-    return reply.model_copy(update={"reason": PASSWORD_SENT_ONCE})
-
-
-def unavailable_outcome(reason: str) -> dict[str, Any]:
-    return {"status": "unavailable", "reason": reason}
-
-
-# --- leases ---------------------------------------------------------------------------------
-LEASE_STATUSES = ("released", "renewed", "not_found")
-
-
-def repeated_lease_reply(request_id: str, outcome: dict[str, Any]) -> LeaseReply:
-    """The same outcome for a repeated release/renew request_id."""
-    status = outcome.get("status")
-    if status in LEASE_STATUSES:
-        return LeaseReply(request_id=request_id, status=status,
-                          instance_id=outcome.get("instance_id"),
-                          lease_expiry=outcome.get("lease_expiry"))
-    return LeaseReply(request_id=request_id, status="rejected",
-                      reason="request_id: already used by a claim of this user")
-
-
+# --- releases ---------------------------------------------------------------------------------
 def release_was_ours(item: dict[str, Any] | None, user_id: str) -> bool:
     """A release whose conditional write failed because this user's release already landed
     (a redelivery after a crash between write and reply) still answers ``released``."""
@@ -302,34 +225,7 @@ def release_was_ours(item: dict[str, Any] | None, user_id: str) -> bool:
                 and item.get("reason") == "released")
 
 
-def lease_reply_outcome(reply: LeaseReply) -> dict[str, Any]:
-    return {"status": reply.status, "instance_id": reply.instance_id,
-            "lease_expiry": reply.lease_expiry}
-
-
-# --- registration ---------------------------------------------------------------------------
-AsgLookup = Literal["known", "unknown", "refresh"]
-
-
-def asg_lookup(instance_id: str, live_ids: frozenset[str], refreshed_at: float | None,
-               seen_at: float) -> AsgLookup:
-    """Is the instance in the ASG? ``refresh`` when the cache may predate the instance: it
-    misses and was last refreshed before the message arrived."""
-    if instance_id in live_ids:
-        return "known"
-    if refreshed_at is not None and refreshed_at >= seen_at:
-        return "unknown"
-    return "refresh"
-
-
-def refresh_delay(refreshed_at: float | None, now: float) -> float:
-    """Seconds to wait before the next DescribeAutoScalingGroups (at most one a second)."""
-    if refreshed_at is None:
-        return 0.0
-    return max(0.0, refreshed_at + ASG_REFRESH_SECONDS - now)
-
-
-# --- shortage -------------------------------------------------------------------------------
+# --- shortage -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShortageSent:
     free: int

@@ -1,22 +1,33 @@
 """Claims (PROTOCOL §3): answer each on its reply_to, exactly once, with a conditional lease.
 
-Runs on the dispatcher's worker threads. Every answer follows the same order: the outcome
-is stored (the lease transaction, or ``store.remember``), then the reply is published (with
-a confirm), and only then is the delivery acked. A crash anywhere before the ack means a
-redelivery, which finds the stored outcome and answers the same thing again.
+A claim's story, on one of the dispatcher's worker threads:
+
+1. ``attempt``: read what the claim needs (its remembered outcome, the user's leases, free
+   workers), ask ``assign.claim_plan`` what to do, do it: answer a repeat with its first
+   outcome, give a user at the limit their worker back, or lease the first candidate still
+   free (a round lost to other dispatchers is read and planned again, up to ROUNDS).
+2. ``handle`` (a new claim) then delivers the answer, answers ``unavailable`` at once
+   (``wait_seconds: 0``), or sends the claim to the waiting room (waiting.py), which
+   calls ``attempt`` again whenever a worker may be free.
+
+Every answer follows the same order: the outcome is stored (the lease transaction, or a
+remembered outcome), then the reply is published (with a confirm), and only then is the
+delivery acked. A crash anywhere before the ack means a redelivery, which finds the stored
+outcome and answers the same thing again.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher import assign
+from dispatcher import assign, replies
+from dispatcher.assign import ClaimView, Existing, Repeat, TryLease, Unavailable, Wait
+from dispatcher.busy import Busy
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
 from shared import topology
@@ -28,15 +39,14 @@ from shared.messages import ClaimReply, ClaimRequest, LeasedEvent, now_sent_at
 from shared.state import Worker
 from shared.store import RequestSeen, Store, UserAtLimit
 
-log = logging.getLogger("workerpool.dispatcher")
+log = logging.getLogger(__name__)
 
-#: Free workers asked for per index query (a page of 25 is still one read request).
-#: Several dispatchers ask the same index at once, so each shuffles its candidates; a round lost
-#: entirely to races is followed by a fresh
-#: query (the index no longer lists the workers just leased), up to ROUNDS times.
+#: Free workers read per index query (a page of 25 is still one read request). A round
+#: lost entirely to other dispatchers is read again (the index no longer lists the workers
+#: just leased), up to ROUNDS times.
 CANDIDATES = 25
 ROUNDS = 5
-#: The longest a lease recheck waits, however slow the emulator's writes are.
+#: The longest a lease recheck waits (LEASE_RECHECK_SECONDS), however slow the writes are.
 RECHECK_MAX_SECONDS = 2.0
 
 
@@ -48,45 +58,11 @@ class Assignment:
     new_lease: Worker | None = None
 
 
-class Busy:
-    """Workers this process is leasing now or leased a moment ago (thread-safe).
-
-    Our own threads skip them: without this, 8 threads reading the same index page race
-    each other for the same few workers, and every lost race is a wasted transaction. The
-    "moment ago" part covers the index lag of DynamoDB (a GSI is eventually consistent: a
-    worker leased just now may still be listed as free for a fraction of a second).
-    """
-
-    def __init__(self) -> None:
-        self._until: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def snapshot(self, now: float) -> frozenset[str]:
-        with self._lock:
-            for iid in [i for i, t in self._until.items() if t <= now]:
-                del self._until[iid]
-            return frozenset(self._until)
-
-    def take(self, instance_id: str, now: float) -> bool:
-        with self._lock:
-            if self._until.get(instance_id, 0.0) > now:
-                return False
-            self._until[instance_id] = float("inf")
-            return True
-
-    def done(self, instance_id: str, now: float, taken: bool) -> None:
-        with self._lock:
-            if taken:
-                self._until[instance_id] = now + assign.RECENTLY_TRIED_SECONDS
-            else:
-                self._until.pop(instance_id, None)
-
-
 class ClaimService:
     def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
                  metrics: Metrics, pool_view: Callable[[], assign.PoolView],
                  passwords: Passwords | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.passwords = passwords  # set: LEASE_PASSWORDS is on
         self.store = store
         self.broker = broker
@@ -95,20 +71,24 @@ class ClaimService:
         self.pool_view = pool_view
         self._busy = Busy()
 
-    # --- the claim path -------------------------------------------------------------------
+    # --- a new claim --------------------------------------------------------------------
     def handle(self, d: Delivery, req: ClaimRequest, received: float) -> None:
-        """A new claim: assign now, or answer ``unavailable`` now, or send it to wait."""
+        """Assign now, answer ``unavailable`` now, or send the claim to wait."""
         arrived = assign.arrived_at(d.headers.get(topology.ARRIVED_HEADER), received)
-        wait = req.wait_seconds if req.wait_seconds is not None else self.s.claim_wait_seconds
-        got = self.try_assign(req)
-        if got is not None:
+        wait = (req.wait_seconds if req.wait_seconds is not None
+                else self.settings.claim_wait_seconds)
+        got = self.attempt(req, wait_seconds=wait)
+        if isinstance(got, Assignment):
             self.deliver(d, req, got, arrived)
-            return
-        if assign.no_free_worker(wait) == "unavailable":
-            self.answer_unavailable(d, req, assign.timeout_reason(0, self.pool_view()),
-                                    arrived)
-            return
-        # wait in the single-active-consumer queue, keeping the client's reply address
+        elif isinstance(got, Unavailable):
+            self.answer_unavailable(d, req, got.reason, arrived)
+        else:
+            self._send_to_wait(d, req, arrived, wait)
+
+    def _send_to_wait(self, d: Delivery, req: ClaimRequest, arrived: float, wait: int
+                      ) -> None:
+        """To the single-active-consumer waiting queue, keeping the client's reply address
+        and the claim's first arrival (its place in line and its deadline)."""
         self.broker.publish(topology.WAITING, d.body, reply_to=d.reply_to,
                             correlation_id=d.correlation_id,
                             headers=assign.waiting_headers(d.headers, arrived))
@@ -117,102 +97,151 @@ class ClaimService:
                         "wait_seconds": wait})
         d.ack()
 
-    def try_assign(self, req: ClaimRequest) -> Assignment | None:
-        """What to answer if this claim can be answered now (a new lease, the user's
-        existing worker, or the first outcome of a repeated request); None when no worker
-        is free."""
-        recalled = self.store.recall(req.user_id, req.request_id)
-        held = [] if recalled is not None else self.store.user_leases(req.user_id)
-        step = assign.claim_step(recalled, held, self.s.max_leases_per_user)
-        if step == "repeat":
-            assert recalled is not None
-            return Assignment(self._repeat(req, recalled))
-        if step == "existing":
-            return Assignment(self._existing(req, held))
+    # --- read, plan, apply ----------------------------------------------------------------
+    def attempt(self, req: ClaimRequest, *, wait_seconds: int | None
+                ) -> Assignment | Wait | Unavailable:
+        """The answer this claim can have now, or Wait / Unavailable when no worker is free
+        (``wait_seconds=None``: the claim is already waiting)."""
+        view = ClaimView(recalled=None)
         for _ in range(ROUNDS):
-            # a worker silent for HEARTBEAT_TIMEOUT is dead even before the reaper says so
-            fresh_after = self.clock.now() - self.s.dead_after
-            found = self.store.find_free(limit=CANDIDATES, fresh_after=fresh_after)
-            if not found:
+            view = self._read(req)
+            plan = self._plan(view, wait_seconds)
+            if isinstance(plan, Repeat):
+                return Assignment(self._repeat(req, plan.outcome))
+            if isinstance(plan, Existing):
+                return Assignment(self._existing(req, plan.worker))
+            if not isinstance(plan, TryLease):
+                return plan
+            got = self._lease_first(req, plan.order)
+            if got is not None:
+                return got
+        # every round lost to other dispatchers: as if nothing were free
+        nothing_free = self._plan(ClaimView(recalled=None), wait_seconds)
+        assert isinstance(nothing_free, (Wait, Unavailable))
+        return nothing_free
+
+    def _plan(self, view: ClaimView, wait_seconds: int | None) -> assign.ClaimPlan:
+        return assign.claim_plan(view, busy=self._busy.snapshot(self.clock.now()),
+                                 max_leases=self.settings.max_leases_per_user,
+                                 wait_seconds=wait_seconds, pool=self.pool_view())
+
+    def _read(self, req: ClaimRequest) -> ClaimView:
+        """What the plan needs, and no more: a repeat needs nothing else; a user at the limit
+        needs no candidates. Candidates are shuffled: several dispatchers read one page."""
+        recalled = self.store.requests.recall(req.user_id, req.request_id)
+        if recalled is not None:
+            return ClaimView(recalled)
+        held = tuple(self.store.leases.held_by(req.user_id))
+        if len(held) >= self.settings.max_leases_per_user:
+            return ClaimView(None, held)
+        # a worker silent for HEARTBEAT_TIMEOUT is dead even before the reaper says so
+        found = self.store.workers.find_free(
+            limit=CANDIDATES, fresh_after=self.clock.now() - self.settings.dead_after)
+        random.shuffle(found)
+        return ClaimView(None, held, tuple(found))
+
+    def any_free(self) -> bool:
+        """One cheap look (a Limit-1 index query) before trying every waiting claim."""
+        return bool(self.store.workers.find_free(
+            limit=1, fresh_after=self.clock.now() - self.settings.dead_after))
+
+    def _lease_first(self, req: ClaimRequest, order: tuple[Worker, ...]) -> Assignment | None:
+        """Lease the first worker of ``order`` that is still free; None when the round is
+        lost (all taken meanwhile, or a duplicate or the user's other claim won: the next
+        read shows which)."""
+        for worker in order:
+            if not self._busy.take(worker.instance_id, self.clock.now()):
+                continue  # another thread of ours picked it a moment ago
+            taken = True  # whether the worker is no longer free after this try
+            began = time.monotonic()
+            try:
+                leased = self.store.leases.grant(
+                    worker, user_id=req.user_id, request_id=req.request_id,
+                    lease_seconds=req.lease_seconds or self.settings.lease_seconds,
+                    now=self.clock.now(), max_leases=self.settings.max_leases_per_user,
+                    remember_seconds=self.settings.request_memory_seconds,
+                    fresh_after=self.clock.now() - self.settings.dead_after)
+            except (RequestSeen, UserAtLimit):
+                taken = False
                 return None
-            random.shuffle(found)
-            for worker in assign.untried(found, self._busy.snapshot(self.clock.now())):
-                if not self._busy.take(worker.instance_id, self.clock.now()):
-                    continue  # another thread of ours picked it a moment ago
-                taken = True  # whether the worker is no longer free after this try
-                began = time.monotonic()
-                try:
-                    leased = self.store.lease(
-                        worker, user_id=req.user_id, request_id=req.request_id,
-                        lease_seconds=req.lease_seconds or self.s.lease_seconds,
-                        now=self.clock.now(), max_leases=self.s.max_leases_per_user,
-                        remember_seconds=self.s.request_memory_seconds,
-                        fresh_after=fresh_after)
-                except RequestSeen as exc:  # a duplicate was answered meanwhile
-                    taken = False
-                    return Assignment(self._repeat(req, exc.outcome))
-                except UserAtLimit:  # the user's other claim won meanwhile
-                    taken = False
-                    held = self.store.user_leases(req.user_id)
-                    if held:
-                        return Assignment(self._existing(req, held))
-                    continue
-                except ConditionFailed:  # another dispatcher took it: next candidate
-                    continue
-                finally:
-                    self._busy.done(worker.instance_id, self.clock.now(), taken)
-                if not self._still_ours(req, leased, time.monotonic() - began):
-                    continue
-                reply = assign.assigned_reply(req.request_id, leased, self.s.code_server_port)
-                if self.passwords is None:
-                    return Assignment(reply, new_lease=leased)
-                password = self._password(req, leased)
-                if password is not None:
-                    return Assignment(assign.with_password(reply, password), new_lease=leased)
-                # its code-server's password is unknown now: nobody gets it; next candidate
+            except ConditionFailed:  # another dispatcher took it: next candidate
+                continue
+            finally:
+                self._busy.done(worker.instance_id, self.clock.now(), taken)
+            if not self._still_ours(req, leased, time.monotonic() - began):
+                continue
+            got = self._with_password(req, leased)
+            if got is not None:
+                return got
         return None
 
     def _still_ours(self, req: ClaimRequest, leased: Worker, took: float) -> bool:
-        """With LEASE_RECHECK_SECONDS (an emulator's non-atomic writes): re-read the lease
-        after a moment; if another write overtook ours, forget ours and try the next worker.
-        The moment is at least twice what our own lease took, since a competing write that
-        began before ours lands about as late (on moto a transaction copies the whole
-        table, so it grows with the pool). Real DynamoDB never fails this check: off there."""
-        if not self.s.lease_recheck_seconds:
+        """With LEASE_RECHECK_SECONDS (an emulator whose conditional writes are not atomic,
+        docs/emulators.md): re-read the lease after a moment, at least twice what our own
+        write took; if another write overtook ours, forget ours and try the next worker."""
+        if not self.settings.lease_recheck_seconds:
             return True
-        time.sleep(min(max(self.s.lease_recheck_seconds, 2 * took), RECHECK_MAX_SECONDS))
-        if self.store.holds(leased.instance_id, user_id=req.user_id,
-                            request_id=req.request_id):
+        time.sleep(min(max(self.settings.lease_recheck_seconds, 2 * took), RECHECK_MAX_SECONDS))
+        if self.store.leases.holds(leased.instance_id, user_id=req.user_id,
+                                   request_id=req.request_id):
             return True
         self.metrics.leases_lost.inc()
-        log.warning("lease lost on recheck: another write overtook ours (the AWS endpoint's "
-                    "conditional writes are not atomic); trying the next worker",
-                    extra={"instance_id": leased.instance_id, "request_id": req.request_id,
-                           "user_id": req.user_id})
-        self.store.forget_lease(leased.instance_id, user_id=req.user_id,
-                                request_id=req.request_id)
+        log.warning("lease lost on recheck: another write overtook ours; trying the next "
+                    "worker", extra={"instance_id": leased.instance_id,
+                                     "request_id": req.request_id, "user_id": req.user_id})
+        self.store.leases.forget(leased.instance_id, user_id=req.user_id,
+                                 request_id=req.request_id)
         return False
 
-    def _password(self, req: ClaimRequest, leased: Worker) -> str | None:
-        """A per-lease password confirmed by the worker's agent, or None after taking the
-        worker out (draining, so the reaper recycles it) and undoing the lease."""
-        assert self.passwords is not None
+    def _with_password(self, req: ClaimRequest, leased: Worker) -> Assignment | None:
+        """The new lease's reply; with LEASE_PASSWORDS, carrying a password the worker's
+        agent confirmed, or None after taking the worker out (draining: the reaper recycles
+        it) and undoing the lease, so that the claim tries the next worker."""
+        reply = replies.assigned_reply(req.request_id, leased, self.settings.code_server_port)
+        if self.passwords is None:
+            return Assignment(reply, new_lease=leased)
         ids = {"request_id": req.request_id, "user_id": req.user_id,
                "instance_id": leased.instance_id}
         password = self.passwords.set_for(leased.instance_id, ids)
         if password is not None:
             self.metrics.passwords.labels(result="set").inc()
-            return password
+            return Assignment(replies.with_password(reply, password), new_lease=leased)
         try:
-            self.store.abandon(leased.instance_id, user_id=req.user_id,
-                               request_id=req.request_id, now=self.clock.now(),
-                               reason=assign.PASSWORD_NOT_CONFIRMED)
+            self.store.leases.abandon(leased.instance_id, user_id=req.user_id,
+                                      request_id=req.request_id, now=self.clock.now(),
+                                      reason=replies.PASSWORD_NOT_CONFIRMED)
         except ConditionFailed:  # taken out meanwhile (deregistered, reaped): fine
             pass
         self.metrics.passwords.labels(result="not_confirmed").inc()
-        log.warning("worker taken out: %s", assign.PASSWORD_NOT_CONFIRMED, extra=ids)
+        log.warning("worker taken out: %s", replies.PASSWORD_NOT_CONFIRMED, extra=ids)
         return None
 
+    def _repeat(self, req: ClaimRequest, outcome: dict[str, Any]) -> ClaimReply:
+        worker = None
+        if outcome.get("status") == "assigned" and outcome.get("instance_id"):
+            worker = self.store.workers.get(str(outcome["instance_id"]))
+        log.info("repeated claim answered with its first outcome",
+                 extra={"request_id": req.request_id, "user_id": req.user_id,
+                        "status": outcome.get("status")})
+        return self._noted(replies.repeated_claim_reply(req.request_id, outcome, worker,
+                                                        self.settings.code_server_port))
+
+    def _existing(self, req: ClaimRequest, worker: Worker) -> ClaimReply:
+        """The user's held worker, remembered as this request's outcome (unless a duplicate
+        of this request stored another meanwhile: that one stands)."""
+        stands = self.store.requests.remember(
+            req.user_id, req.request_id, {"status": "assigned", "instance_id": worker.instance_id},
+            now=self.clock.now(), remember_seconds=self.settings.request_memory_seconds)
+        if stands.get("instance_id") != worker.instance_id:
+            return self._repeat(req, stands)
+        return self._noted(replies.assigned_reply(req.request_id, worker,
+                                                  self.settings.code_server_port))
+
+    def _noted(self, reply: ClaimReply) -> ClaimReply:
+        """With LEASE_PASSWORDS, an assigned reply without its password says why."""
+        return reply if self.passwords is None else replies.password_note(reply)
+
+    # --- answering ------------------------------------------------------------------------
     def deliver(self, d: Delivery, req: ClaimRequest, got: Assignment, arrived: float
                 ) -> None:
         """Reply with an assignment, then ack. A new lease whose reply cannot be routed (the
@@ -221,51 +250,29 @@ class ClaimService:
                "instance_id": got.reply.worker.instance_id if got.reply.worker else None}
         sent = self.send(d, got.reply)
         if got.new_lease is not None and not sent:
-            self.store.unlease(got.new_lease.instance_id, user_id=req.user_id,
-                               request_id=req.request_id)
+            self.store.leases.undo(got.new_lease.instance_id, user_id=req.user_id,
+                                   request_id=req.request_id)
             log.warning("reply undeliverable; lease undone", extra=ids)
         elif got.new_lease is not None:
             log.info("worker assigned", extra=ids)
-            try:
-                self.broker.publish(topology.SCALING, LeasedEvent(
-                    type="leased", instance_id=got.new_lease.instance_id,
-                    sent_at=now_sent_at()).to_json())
-            except Exception as exc:  # the scaler reconciles protection on its own too
-                log.warning("could not publish leased event",
-                            extra={**ids, "error": repr(exc)})
+            self._tell_scaler(got.new_lease.instance_id, ids)
         self.finish(d, got.reply, arrived, already_sent=True)
 
-    def _repeat(self, req: ClaimRequest, outcome: dict[str, Any]) -> ClaimReply:
-        worker = None
-        if outcome.get("status") == "assigned" and outcome.get("instance_id"):
-            worker = self.store.get(str(outcome["instance_id"]))
-        log.info("repeated claim answered with its first outcome",
-                 extra={"request_id": req.request_id, "user_id": req.user_id,
-                        "status": outcome.get("status")})
-        return self._noted(assign.repeated_claim_reply(req.request_id, outcome, worker,
-                                                       self.s.code_server_port))
+    def _tell_scaler(self, instance_id: str, ids: dict[str, Any]) -> None:
+        """A leased event: the scaler protects the instance from scale-in at once (it also
+        reconciles protection on its own, so a lost event costs seconds, not safety)."""
+        try:
+            self.broker.publish(topology.SCALING, LeasedEvent(
+                type="leased", instance_id=instance_id, sent_at=now_sent_at()).to_json())
+        except Exception as exc:
+            log.warning("could not publish leased event", extra={**ids, "error": repr(exc)})
 
-    def _noted(self, reply: ClaimReply) -> ClaimReply:
-        """With LEASE_PASSWORDS, an assigned reply without its password says why."""
-        return reply if self.passwords is None else assign.password_note(reply)
-
-    def _existing(self, req: ClaimRequest, held: list[Worker]) -> ClaimReply:
-        worker = held[0]
-        stands = self.store.remember(
-            req.user_id, req.request_id, {"status": "assigned", "instance_id": worker.instance_id},
-            now=self.clock.now(), remember_seconds=self.s.request_memory_seconds)
-        if stands.get("instance_id") != worker.instance_id:
-            return self._repeat(req, stands)
-        return self._noted(assign.assigned_reply(req.request_id, worker,
-                                                 self.s.code_server_port))
-
-    # --- answering ------------------------------------------------------------------------
     def answer_unavailable(self, d: Delivery, req: ClaimRequest, reason: str,
                            arrived: float) -> None:
         """Store ``unavailable`` (unless another outcome already stands), reply, ack."""
-        stands = self.store.remember(req.user_id, req.request_id,
-                                     assign.unavailable_outcome(reason), now=self.clock.now(),
-                                     remember_seconds=self.s.request_memory_seconds)
+        stands = self.store.requests.remember(
+            req.user_id, req.request_id, replies.unavailable_outcome(reason),
+            now=self.clock.now(), remember_seconds=self.settings.request_memory_seconds)
         if stands.get("status") == "unavailable":
             reply = ClaimReply(request_id=req.request_id, status="unavailable",
                                reason=stands.get("reason"))

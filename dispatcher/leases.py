@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from dispatcher import assign
+from dispatcher import assign, replies
 from dispatcher.metrics import Metrics
 from shared.broker import Broker, Delivery
 from shared.clock import Clock, iso
@@ -18,29 +18,29 @@ from shared.errors import ConditionFailed, Unroutable
 from shared.messages import LeaseReply, ReleaseRequest, RenewRequest
 from shared.store import Store
 
-log = logging.getLogger("workerpool.dispatcher")
+log = logging.getLogger(__name__)
 
 
 class LeaseService:
     def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
                  metrics: Metrics) -> None:
-        self.s = settings
+        self.settings = settings
         self.store = store
         self.broker = broker
         self.clock = clock
         self.metrics = metrics
 
     def handle(self, d: Delivery, req: ReleaseRequest | RenewRequest) -> None:
-        recalled = self.store.recall(req.user_id, req.request_id)
+        recalled = self.store.requests.recall(req.user_id, req.request_id)
         if recalled is not None:
-            reply = assign.repeated_lease_reply(req.request_id, recalled)
+            reply = replies.repeated_lease_reply(req.request_id, recalled)
         else:
             reply = self._apply(req)
-            stands = self.store.remember(req.user_id, req.request_id,
-                                         assign.lease_reply_outcome(reply),
+            stands = self.store.requests.remember(req.user_id, req.request_id,
+                                         replies.lease_reply_outcome(reply),
                                          now=self.clock.now(),
-                                         remember_seconds=self.s.request_memory_seconds)
-            reply = assign.repeated_lease_reply(req.request_id, stands)
+                                         remember_seconds=self.settings.request_memory_seconds)
+            reply = replies.repeated_lease_reply(req.request_id, stands)
         log.info("lease request answered",
                  extra={"request_id": req.request_id, "user_id": req.user_id,
                         "instance_id": req.instance_id, "type": req.type,
@@ -53,12 +53,12 @@ class LeaseService:
         now = self.clock.now()
         try:
             if isinstance(req, ReleaseRequest):
-                self.store.release(req.instance_id, user_id=req.user_id, now=now)
+                self.store.leases.release(req.instance_id, user_id=req.user_id, now=now)
                 return LeaseReply(request_id=req.request_id, status="released",
                                   instance_id=req.instance_id)
-            worker = self.store.renew(req.instance_id, user_id=req.user_id,
-                                      lease_seconds=req.lease_seconds or self.s.lease_seconds,
-                                      now=now)
+            worker = self.store.leases.renew(
+                req.instance_id, user_id=req.user_id,
+                lease_seconds=req.lease_seconds or self.settings.lease_seconds, now=now)
             return LeaseReply(request_id=req.request_id, status="renewed",
                               instance_id=req.instance_id,
                               lease_expiry=iso(worker.lease_expiry))

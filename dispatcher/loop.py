@@ -28,9 +28,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dispatcher import assign
-from dispatcher.agents import AgentService, AsgMembers
+from dispatcher.agents import AgentService
 from dispatcher.claims import ClaimService
 from dispatcher.leases import LeaseService
+from dispatcher.membership import AsgMembers
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
 from dispatcher.waiting import WaitingRoom
@@ -56,7 +57,7 @@ from shared.messages import (
 )
 from shared.store import Store
 
-log = logging.getLogger("workerpool.dispatcher")
+log = logging.getLogger(__name__)
 
 SHORTAGE_INTERVAL = 1.0
 AWS_CHECK_SECONDS = 5.0
@@ -66,7 +67,7 @@ class Dispatcher:
     def __init__(self, *, settings: Settings, store: Store, asg: Asg, broker: Broker,
                  consumer: Consumer, metrics: Metrics, clock: Clock | None = None,
                  passwords: Passwords | None = None) -> None:
-        self.s = settings
+        self.settings = settings
         self.store = store
         self.broker = broker
         self.consumer = consumer
@@ -99,7 +100,8 @@ class Dispatcher:
         c.subscribe(topology.AGENTS, self.on_agent)
         c.subscribe(topology.WAITING, self.on_waiting)
         c.subscribe_fanout(topology.CAPACITY_EXCHANGE, self.on_capacity)
-        c.every(self.s.wait_poll_interval, lambda: self._singleton("serve", self.waiting.serve))
+        c.every(self.settings.wait_poll_interval,
+                lambda: self._singleton("serve", self.waiting.serve))
         c.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
         c.on_connect(self.waiting.reset)
 
@@ -114,7 +116,7 @@ class Dispatcher:
         return self._pending == 0
 
     def pool_view(self) -> assign.PoolView:
-        return assign.PoolView(free=self.free_count, target=self.s.target_available,
+        return assign.PoolView(free=self.free_count, target=self.settings.target_available,
                                asg=self.members.recent_state())
 
     # --- jobs ----------------------------------------------------------------------------
@@ -207,14 +209,14 @@ class Dispatcher:
 
     # --- shortage --------------------------------------------------------------------------
     def check_shortage(self) -> None:
-        free = self.store.count("free", healthy_only=True)
+        free = self.store.workers.count("free", healthy_only=True)
         waiting = len(self.waiting)
         self.free_count = free
         self.metrics.free.set(free)
         self.metrics.waiting.set(waiting)
         now = self.clock.now()
         if not assign.shortage_due(free, waiting, self._last_shortage, now,
-                                   self.s.target_available):
+                                   self.settings.target_available):
             return
         self.broker.publish(topology.SCALING, ShortageEvent(
             type="shortage", free=free, waiting=waiting, sent_at=now_sent_at()).to_json())
@@ -232,7 +234,7 @@ class Dispatcher:
             return ok, detail
         try:
             self.store.ping()
-            result = (time.monotonic(), True, f"table {self.store.table} reachable")
+            result = (time.monotonic(), True, f"table {self.store.table.name} reachable")
         except Exception as exc:
             result = (time.monotonic(), False, f"DynamoDB: {exc}")
         self._aws_checked = result

@@ -16,14 +16,14 @@ import threading
 from dataclasses import dataclass
 
 from dispatcher import assign
-from dispatcher.claims import ClaimService
+from dispatcher.claims import Assignment, ClaimService
 from shared import topology
 from shared.broker import Delivery
 from shared.clock import Clock
 from shared.config import Settings
 from shared.messages import ClaimRequest
 
-log = logging.getLogger("workerpool.dispatcher")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class WaitingRoom:
     """Thread-safe: deliveries are added on the consumer thread, served on a worker."""
 
     def __init__(self, *, settings: Settings, claims: ClaimService, clock: Clock) -> None:
-        self.s = settings
+        self.settings = settings
         self.claims = claims
         self.clock = clock
         self._held: dict[int, Held] = {}
@@ -47,7 +47,8 @@ class WaitingRoom:
 
     def add(self, d: Delivery, req: ClaimRequest) -> None:
         now = self.clock.now()
-        wait = req.wait_seconds if req.wait_seconds is not None else self.s.claim_wait_seconds
+        wait = (req.wait_seconds if req.wait_seconds is not None
+                else self.settings.claim_wait_seconds)
         waiter = assign.Waiter(
             key=next(self._keys), request_id=req.request_id, user_id=req.user_id,
             arrived_at=assign.arrived_at(d.headers.get(topology.ARRIVED_HEADER), now),
@@ -81,12 +82,11 @@ class WaitingRoom:
             self._unavailable(key, reason)
         left = list(plan.serve)
         # one cheap look first: with nothing free, do not run a claim path per waiter
-        if left and self.claims.store.find_free(
-                limit=1, fresh_after=self.claims.clock.now() - self.claims.s.dead_after):
+        if left and self.claims.any_free():
             while left:
                 h = held[left[0]]
-                got = self.claims.try_assign(h.request)
-                if got is None:
+                got = self.claims.attempt(h.request, wait_seconds=None)
+                if not isinstance(got, Assignment):
                     break
                 left.pop(0)
                 if self._take(h.waiter.key) is not None:

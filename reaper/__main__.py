@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
-
 from reaper.loop import Reaper
 from reaper.metrics import ReaperMetrics
 from shared.asg import Asg
 from shared.broker import connect
 from shared.config import connection_name
+from shared.health import CachedCheck
 from shared.leader import Leadership
 from shared.runtime import Runtime
 from shared.store import Store
-
-#: Seconds a health answer is reused: /health may be polled often, and each check costs a
-#: broker connection or two AWS calls.
-HEALTH_CACHE_SECONDS = 3.0
-
-
-class CachedCheck:
-    """A health check that runs ``probe`` at most every ``ttl`` seconds."""
-
-    def __init__(self, probe: Callable[[], Any], ttl: float = HEALTH_CACHE_SECONDS) -> None:
-        self.probe, self.ttl = probe, ttl
-        self._lock = threading.Lock()
-        self._at = -1e18
-        self._result: tuple[bool, Any] = (False, "not checked yet")
-
-    def __call__(self) -> tuple[bool, Any]:
-        with self._lock:
-            if time.monotonic() - self._at >= self.ttl:
-                try:
-                    detail = self.probe()
-                    self._result = (True, detail or "ok")
-                except Exception as exc:  # any failure is "unreachable" to an operator
-                    self._result = (False, str(exc) or repr(exc))
-                self._at = time.monotonic()
-            return self._result
 
 
 def main() -> int:

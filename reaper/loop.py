@@ -33,7 +33,7 @@ from shared.leader import Leadership
 from shared.state import Worker
 from shared.store import Store
 
-log = logging.getLogger("workerpool.reaper")
+log = logging.getLogger(__name__)
 
 DONE, LOST, GONE, FAILED = "done", "lost", "gone", "failed"
 RECYCLABLE = ("draining", "dead")
@@ -72,14 +72,14 @@ class Reaper:
         """The table first, then the ASG: an instance can only register while it is in the
         ASG, so an item read before the describe whose instance the describe lacks is
         really gone (the reverse order could call a just-registered worker an orphan)."""
-        s = self.store
-        expired = s.expired_leases(now)
+        workers = self.store.workers
+        expired = self.store.leases.expired(now)
         silent_since = now - self.settings.dead_after
-        stale = [*s.by_status("free", heartbeat_before=silent_since),
-                 *s.by_status("leased", heartbeat_before=silent_since)]
-        draining, dead, booting = s.by_status("draining"), s.by_status("dead"), \
-            s.by_status("booting")
-        everything = tuple(s.all_workers()) if sweep else None
+        stale = [*workers.by_status("free", heartbeat_before=silent_since),
+                 *workers.by_status("leased", heartbeat_before=silent_since)]
+        draining, dead, booting = (workers.by_status("draining"), workers.by_status("dead"),
+                                   workers.by_status("booting"))
+        everything = tuple(workers.all()) if sweep else None
         asg = self.asg.describe()
         return Snapshot(asg=asg, expired=tuple(expired), stale=tuple(stale),
                         draining=tuple(draining), dead=tuple(dead), booting=tuple(booting),
@@ -151,7 +151,7 @@ class Reaper:
 
     def _expire(self, w: Worker, now: float) -> str:
         try:
-            self.store.expire(w, now=now)
+            self.store.leases.expire(w, now=now)
         except ConditionFailed:
             self.metrics.races_lost.inc()
             log.info("lease renewed or released meanwhile; not expired",
@@ -164,12 +164,13 @@ class Reaper:
 
     def _mark_dead(self, w: Worker, now: float) -> str:
         try:
-            self.store.mark_dead(w, now=now)
+            self.store.workers.mark_dead(w, now=now)
         except ConditionFailed:
             self.metrics.races_lost.inc()
             log.info("heartbeat or status changed meanwhile; not dead",
                      extra={**_ids(w), "event": "mark_dead_lost"})
             return LOST
+        self.store.leases.forget_user(w.user_id, w.instance_id)
         self.metrics.workers_dead.inc()
         fields = {**_ids(w), "silent_seconds": round(now - w.last_heartbeat, 3)}
         if w.status == "leased":
@@ -185,7 +186,7 @@ class Reaper:
         is free or leased, so nothing live is terminated (terraform-aws-github-runner #5085)."""
         ids = {"instance_id": a.instance_id, "user_id": a.user_id}
         try:
-            self.store.confirm_recyclable(a.instance_id, now=now)
+            self.store.workers.confirm_recyclable(a.instance_id, now=now)
         except ConditionFailed as exc:
             if exc.item is None:  # the item is gone: an earlier pass finished this one
                 return GONE
@@ -194,7 +195,7 @@ class Reaper:
                         extra={**ids, "status": exc.item.get("status"),
                                "event": "recycle_refused"})
             return LOST
-        self.store.tombstone(a.instance_id, now=now)  # its agent may not register again
+        self.store.workers.tombstone(a.instance_id, now=now)  # its agent may not register again
         terminated = False
         if a.in_group:
             try:
@@ -204,7 +205,7 @@ class Reaper:
                          extra={**ids, "error": str(exc)})
             terminated = self.asg.terminate(a.instance_id, decrement=a.decrement)
         try:
-            self.store.remove(a.instance_id, only_if_status=RECYCLABLE)
+            self.store.workers.remove(a.instance_id, only_if_status=RECYCLABLE)
         except ConditionFailed:  # cannot happen: draining and dead are final
             log.error("item changed after terminate", extra=ids)
             return LOST
@@ -218,7 +219,7 @@ class Reaper:
         """booting → dead first: a registration landing after it is refused, so the instance
         we terminate can never have become a free worker meanwhile."""
         try:
-            self.store.mark_dead(w, now=now)
+            self.store.workers.mark_dead(w, now=now)
         except ConditionFailed:
             self.metrics.races_lost.inc()
             log.info("booting instance registered meanwhile; kept",
@@ -234,7 +235,7 @@ class Reaper:
 
     def _remove_orphan(self, w: Worker) -> str:
         try:
-            removed = self.store.remove(w.instance_id, only_if_status=(w.status,))
+            removed = self.store.workers.remove(w.instance_id, only_if_status=(w.status,))
         except ConditionFailed:
             self.metrics.races_lost.inc()
             return LOST
@@ -243,7 +244,7 @@ class Reaper:
             return GONE
         self.metrics.orphans_removed.inc()
         if w.status == "leased":
-            self.store.forget_user_instance(w.user_id, w.instance_id)
+            self.store.leases.forget_user(w.user_id, w.instance_id)
             self.metrics.leased_lost.inc()
             log.warning("leased worker's instance vanished: its user lost their machine",
                         extra={**_ids(w), "event": "leased_worker_lost"})
@@ -252,7 +253,7 @@ class Reaper:
         return DONE
 
     def _track(self, a: TrackBooting, now: float) -> str:
-        created = self.store.track_booting(a.instance_id, now=now)
+        created = self.store.workers.track_booting(a.instance_id, now=now)
         self.known.add(a.instance_id)
         if created:
             log.info("tracking new instance as booting",

@@ -1,16 +1,18 @@
-"""``python -m scaler``: keep the pool at TARGET_AVAILABLE free workers (docs/scaler.md)."""
+"""``python -m scaler``: wiring only; the story is in loop.py, the judgement in policy.py
+(docs/scaler.md)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-from scaler.loop import Engine
+from scaler.feed import EventFeed
+from scaler.loop import Scaler
 from scaler.metrics import ScalerMetrics
-from scaler.service import Service
+from shared import topology
 from shared.asg import Asg
+from shared.broker import Publisher, connect
 from shared.config import connection_name
+from shared.health import CachedCheck
 from shared.leader import Leadership
+from shared.messages import CapacityStatus
 from shared.runtime import Runtime
 from shared.store import Store
 
@@ -21,33 +23,42 @@ def main() -> int:
         store = Store.from_settings(s)
         asg = Asg.from_settings(s)
         name = connection_name("scaler")
-        metrics = ScalerMetrics(rt.health.registry)
-        service: Service | None = None
-        engine = Engine(settings=s, store=store, asg=asg, metrics=metrics,
-                        publish=lambda status: service.publish_capacity(status) if service
-                        else None)
-        service = Service(settings=s, engine=engine, name=name,
-                          leadership=Leadership(store, name="scaler", owner=name,
-                                                ttl=s.lock_ttl_seconds),
-                          stopping=lambda: rt.stopping)
-        probe: dict[str, Any] = {"at": 0.0, "result": (False, "not probed yet")}
+        capacity = Publisher(s.amqp_url, name, give_up_after=2.0)
 
-        def aws_check() -> tuple[bool, Any]:
-            if time.monotonic() - probe["at"] > 2:  # /health may be polled often; AWS is not
-                try:
-                    store.ping()
-                    state = asg.describe()
-                    probe["result"] = (True, {"asg": state.name, "desired": state.desired})
-                except Exception as exc:
-                    probe["result"] = (False, str(exc))
-                probe["at"] = time.monotonic()
-            return probe["result"]  # type: ignore[no-any-return]
+        def publish_capacity(status: CapacityStatus) -> None:
+            """Fanout to every dispatcher (none bound yet is fine: not mandatory)."""
+            capacity.publish("", status.to_json(), exchange=topology.CAPACITY_EXCHANGE,
+                             mandatory=False)
 
-        rt.health.add_check("broker", service.broker_check)
-        rt.health.add_check("aws", aws_check)
-        rt.health.info["scaler"] = engine.status
+        scaler = Scaler(
+            settings=s, store=store, asg=asg, metrics=ScalerMetrics(rt.health.registry),
+            publish_capacity=publish_capacity,
+            leadership=Leadership(store, name="scaler", owner=name, ttl=s.lock_ttl_seconds),
+            open_feed=lambda: EventFeed(s.amqp_url, name), stopping=lambda: rt.stopping)
+
+        def aws_probe() -> dict[str, object]:
+            store.ping()
+            state = asg.describe()
+            return {"asg": state.name, "desired": state.desired}
+
+        standby_probe = CachedCheck(lambda: connect(s.amqp_url, name).close()
+                                    or "reachable (standby)")
+
+        def broker_check() -> tuple[bool, object]:
+            """Connected while active (the event feed); a standby probes."""
+            up = scaler.feed_connected()
+            if up is None:
+                return standby_probe()
+            return up, "consuming workerpool.scaling" if up else "reconnecting"
+
+        rt.health.add_check("broker", broker_check)
+        rt.health.add_check("aws", CachedCheck(aws_probe, ttl=2.0))
+        rt.health.info["scaler"] = scaler.status
         rt.ready(strategy=s.scale_strategy, target_available=s.target_available)
-        service.run()
+        try:
+            scaler.run()
+        finally:
+            capacity.close()
     return 0
 
 

@@ -1,11 +1,16 @@
-"""The scaler's loop: read the pool, ask scaler.policy, apply.
+"""The scaler's story: while this replica holds the lock, take dispatcher events and
+reconcile (read the ASG and the table, ``policy.decide``, apply), on schedule and after each
+burst of events.
 
-``Engine`` holds what one active scaler remembers (its last raise, the waiting count, when
-surplus began) and does the I/O around the pure decisions: one ``reconcile`` reads the ASG
-and the table, decides, and applies (raise desired, (un)protect, drain one surplus worker,
-watch launches, tell dispatchers whether capacity can grow). ``handle`` takes dispatcher
-events; ``tick`` runs a reconcile when one is due. Which replica runs the Engine, and how
-events reach it, is scaler.service's business.
+* ``run``: every tick, refresh the lock (shared.leader) every LOCK_TTL/3; on becoming
+  active, take over the predecessor's last raise (its cooldown holds across a failover) and
+  open the event feed; hand each event to ``handle``; ``tick`` reconciles when due.
+* ``handle``: a shortage event books the waiting count and schedules a reconcile once the
+  burst settles (one call sized for all of it); a leased event protects the instance.
+* ``reconcile``: one snapshot → one Decision → raise desired (absolute, clamped to MaxSize),
+  (un)protect, drain one surplus worker, watch launches, tell dispatchers what is coming.
+
+The judgement is in policy.py; the side effects other than the raise in actions.py.
 """
 
 from __future__ import annotations
@@ -15,80 +20,139 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from scaler.actions import Actions
+from scaler.feed import EventFeed
 from scaler.metrics import ScalerMetrics
-from scaler.observe import (
+from scaler.policy import (
     Arriving,
-    LaunchStatus,
+    AsgView,
+    Counts,
+    Decision,
+    LastScale,
     WaitingBook,
     arriving,
-    launch_status,
-    protection_plan,
+    decide,
 )
-from scaler.policy import AsgView, Counts, Decision, LastScale, decide
 from shared.asg import Asg
+from shared.clock import Clock, SystemClock
 from shared.config import Settings
-from shared.errors import AwsError, AwsUnavailable, ConditionFailed
-from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent, now_sent_at
-from shared.state import STATUSES, Worker
+from shared.errors import AwsError, AwsUnavailable
+from shared.leader import Leadership
+from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent
+from shared.state import STATUSES
 from shared.store import Store
 
-log = logging.getLogger("workerpool.scaler")
+log = logging.getLogger(__name__)
 
 #: A burst of shortage events (one per claim that had to wait) is answered by one call sized
 #: for all of them: the reconcile waits until no event came for BURST_QUIET_SECONDS, but never
 #: longer than BURST_MAX_SECONDS after the first one.
 BURST_QUIET_SECONDS = 0.2
 BURST_MAX_SECONDS = 1.0
+TICK_SECONDS = 0.05
 
 
-class Engine:
+class Scaler:
+    """One scaler replica. Without ``leadership`` it is always active (benchmarks, tests);
+    without ``open_feed`` it takes events only through ``handle``."""
+
     def __init__(self, *, settings: Settings, store: Store, asg: Asg, metrics: ScalerMetrics,
-                 publish: Callable[[CapacityStatus], None]) -> None:
-        self.s, self.store, self.asg, self.m, self.publish = settings, store, asg, metrics, publish
-        self.last: LastScale | None = None
+                 publish_capacity: Callable[[CapacityStatus], None],
+                 leadership: Leadership | None = None,
+                 open_feed: Callable[[], EventFeed] | None = None,
+                 clock: Clock | None = None, stopping: Callable[[], bool] = lambda: False
+                 ) -> None:
+        self.settings, self.store, self.asg, self.metrics = settings, store, asg, metrics
+        self.actions = Actions(store=store, asg=asg, metrics=metrics,
+                               publish_capacity=publish_capacity,
+                               boot_timeout=settings.boot_timeout_seconds)
+        self.leadership, self.open_feed = leadership, open_feed
+        self.clock = clock or SystemClock()
+        self.stopping = stopping
+        self.feed: EventFeed | None = None
+        self.last: LastScale | None = None  # our (or our predecessor's) last raise
         self.book = WaitingBook()
         self.surplus_since: float | None = None
         self.due_at = 0.0  # next scheduled reconcile
-        self.burst: tuple[float, float] | None = None  # (first event, reconcile due) of a burst
-        self.launch = LaunchStatus(ok=True)
-        self.seen_failures: set[str] = set()
-        self.published_ok = True  # what dispatchers last heard from us
-        self.status: dict[str, Any] = {"active": False}
-        #: Called with each raise, so that a successor replica keeps our cooldown
-        #: (scaler.service leaves it on the lock item).
-        self.remember: Callable[[LastScale], None] = lambda last: None
+        self.burst: tuple[float, float] | None = None  # (first event, reconcile due)
+        self.status: dict[str, Any] = {"active": leadership is None}
 
+    # --- the loop --------------------------------------------------------------------------
+    def run(self) -> None:
+        next_lock = 0.0
+        try:
+            while not self.stopping():
+                now = self.clock.now()
+                if now >= next_lock:
+                    self._lead(now)
+                    next_lock = now + self.settings.lock_ttl_seconds / 3
+                if self.feed is not None:
+                    for event in self.feed.drain():
+                        guarded(lambda e=event: self.handle(e, self.clock.now()), "event",
+                                self.metrics)
+                    guarded(lambda: self.tick(self.clock.now()), "reconcile", self.metrics)
+                time.sleep(TICK_SECONDS)
+        finally:
+            self._stand_down()
+            if self.leadership is not None:
+                self.leadership.resign()
+
+    def _lead(self, now: float) -> None:
+        active = self.leadership.refresh(now) if self.leadership is not None else True
+        if active and self.feed is None and self.open_feed is not None:
+            self.feed = self.open_feed()
+            self.resume(self._recalled())  # the previous scaler's cooldown still runs
+            self.due_at = now  # reconcile at once: the previous scaler may be long gone
+        elif not active:
+            self._stand_down()
+        self.status["active"] = active
+        self.metrics.active.set(1 if active else 0)
+
+    def _stand_down(self) -> None:
+        if self.feed is not None:
+            feed, self.feed = self.feed, None
+            feed.stop()
+
+    def feed_connected(self) -> bool | None:
+        """Whether the event feed is connected; None on a standby (no feed)."""
+        return None if self.feed is None else self.feed.connected
+
+    # --- the cooldown across replicas -------------------------------------------------------
     def resume(self, last: LastScale | None) -> None:
-        """Take over a predecessor's last raise (if newer than ours): the cooldown holds
-        across a failover."""
+        """Take over a predecessor's last raise (if newer than ours)."""
         if last is not None and (self.last is None or last.at > self.last.at):
             self.last = last
             log.info("took over the last raise", extra={
                 "event": "resumed", "last_scale_at": last.at, "desired": last.desired})
 
+    def _recalled(self) -> LastScale | None:
+        notes = self.leadership.notes if self.leadership is not None else {}
+        if "lastScaleAt" not in notes:
+            return None
+        return LastScale(at=float(notes["lastScaleAt"]), desired=int(notes["lastScaleDesired"]),
+                         missing=int(notes.get("lastScaleMissing", 0)))
+
+    def _remember(self, last: LastScale) -> None:
+        if self.leadership is not None:
+            self.leadership.note(lastScaleAt=last.at, lastScaleDesired=last.desired,
+                                 lastScaleMissing=last.missing)
+
     # --- events -----------------------------------------------------------------------
     def handle(self, event: ShortageEvent | LeasedEvent, now: float) -> None:
-        """Apply one dispatcher event (idempotent enough: a redelivery changes nothing new
-        beyond a lease decrement, which the next report corrects)."""
-        self.m.events.labels(event.type).inc()
+        """One dispatcher event (idempotent enough: a redelivery changes nothing new beyond a
+        lease decrement, which the next report corrects)."""
+        self.metrics.events.labels(event.type).inc()
         sent = event.sent_at.timestamp()
-        if isinstance(event, ShortageEvent):
-            self.book = self.book.reported(event.waiting, sent, now)
-            if self.s.scale_strategy == "naive":
-                self.reconcile(now, trigger="event")
-            else:
-                first = now if self.burst is None else self.burst[0]
-                self.burst = (first, min(first + BURST_MAX_SECONDS, now + BURST_QUIET_SECONDS))
+        if isinstance(event, LeasedEvent):
+            self.book = self.book.leased(sent)
+            self.actions.protect_now(event.instance_id)
             return
-        self.book = self.book.leased(sent)
-        try:  # protect at once: the next reconcile would also do it, but seconds later
-            self.asg.set_protection([event.instance_id], True)
-            self.m.protection.labels("true").inc()
-            log.info("protected leased instance from scale-in",
-                     extra={"instance_id": event.instance_id})
-        except AwsError as exc:  # e.g. no longer in the group: the reconcile sorts it out
-            log.warning("could not protect leased instance",
-                        extra={"instance_id": event.instance_id, "error": str(exc)})
+        self.book = self.book.reported(event.waiting, sent, now)
+        if self.settings.scale_strategy == "naive":
+            self.reconcile(now, trigger="event")
+            return
+        first = now if self.burst is None else self.burst[0]
+        self.burst = (first, min(first + BURST_MAX_SECONDS, now + BURST_QUIET_SECONDS))
 
     def tick(self, now: float) -> None:
         """Reconcile when a burst has settled, or on schedule (held while a burst arrives,
@@ -102,9 +166,9 @@ class Engine:
     # --- one pass ---------------------------------------------------------------------
     def reconcile(self, now: float, *, trigger: str = "reconcile") -> Decision:
         started = time.monotonic()
-        self.due_at, self.burst = now + self.s.reconcile_interval, None
+        self.due_at, self.burst = now + self.settings.reconcile_interval, None
         state = self.asg.describe()
-        workers = {st: self.store.by_status(st) for st in STATUSES}
+        workers = {st: self.store.workers.by_status(st) for st in STATUSES}
         registered = [w.instance_id for st in ("free", "leased", "draining", "dead")
                       for w in workers[st]]
         free = [w for w in workers["free"] if w.healthy]
@@ -112,111 +176,35 @@ class Engine:
         counts = Counts(free=len(free), leased=len(workers["leased"]),
                         draining=len(workers["draining"]), dead=len(workers["dead"]),
                         booting=coming.total,
-                        waiting=self.book.current(now, self.s.claim_wait_seconds))
+                        waiting=self.book.current(now, self.settings.claim_wait_seconds))
         d = decide(counts, AsgView(state.desired, state.min_size, state.max_size), self.last,
-                   now, self.s, trigger=trigger,  # type: ignore[arg-type]
+                   now, self.settings, trigger=trigger,  # type: ignore[arg-type]
                    free_workers=free, surplus_since=self.surplus_since)
         self.surplus_since = d.surplus_since
         desired = state.desired
         if d.set_desired is not None:
-            self.asg.set_desired(d.set_desired)
-            self.last = LastScale(at=now, desired=d.set_desired, missing=d.missing)
-            self.remember(self.last)
-            desired = d.set_desired
-            self.m.scale_calls.inc()
-            log.info("desired capacity raised", extra={
-                "event": "scale", "decided_at": now, "desired": d.set_desired,
-                "was": state.desired,
-                "missing": d.missing, "reason": d.reason, **counts.__dict__})
-        self._protect(state, [w.instance_id for w in workers["leased"]])
-        if d.drain is not None:
-            self._drain([w for w in free if w.instance_id == d.drain][0], now)
-        self._watch_launches(now)
-        if d.set_desired is not None:  # the raise is on its way too, not launched yet
+            self._raise(d, state.desired, counts, now)
+            # the raise is on its way too, not launched yet
             coming = Arriving(coming.booting, coming.pending + d.set_desired - state.desired)
-        self._tell_capacity(counts, coming, desired, state.max_size)
-        self._record(counts, d, desired, state.max_size, time.monotonic() - started)
+            desired = d.set_desired
+        self.actions.protect(state, [w.instance_id for w in workers["leased"]])
+        if d.drain is not None:
+            self.actions.drain([w for w in free if w.instance_id == d.drain][0], now)
+        self.actions.watch_launches(self.last, now)
+        self.actions.tell_capacity(counts, coming, desired, state.max_size)
+        self.actions.record(counts, d, desired, state.max_size, time.monotonic() - started,
+                            self.status, self.last)
         return d
 
-    def _protect(self, state: Any, leased: list[str]) -> None:
-        protect, unprotect = protection_plan(state, leased)
-        if protect:
-            self.asg.set_protection(protect, True)
-            self.m.protection.labels("true").inc(len(protect))
-            log.info("protected leased instances", extra={"instance_ids": protect})
-        # The index may lag a lease that just happened: confirm with a consistent read
-        # before taking protection away (never unprotect a VM someone was just given).
-        unprotect = [i for i in unprotect
-                     if (w := self.store.get(i)) is None or w.status != "leased"]
-        if unprotect:
-            self.asg.set_protection(unprotect, False)
-            self.m.protection.labels("false").inc(len(unprotect))
-            log.info("unprotected instances no longer leased", extra={"instance_ids": unprotect})
-
-    def _drain(self, worker: Worker, now: float) -> None:
-        try:
-            self.store.drain_free(worker, now=now, reason="surplus")
-        except ConditionFailed:  # leased meanwhile: good, it is not surplus any more
-            log.debug("surplus worker taken meanwhile", extra={"instance_id": worker.instance_id})
-            return
-        self.m.drained.inc()
-        log.info("surplus worker handed back to the reaper", extra={
-            "event": "surplus_drain", "instance_id": worker.instance_id})
-
-    def _watch_launches(self, now: float) -> None:
-        """After a raise (for BOOT_TIMEOUT_SECONDS) and while launches fail, read the ASG's
-        activity log: the only place AWS says why instances do not come."""
-        if self.last is None:
-            return
-        if self.launch.ok and now - self.last.at > self.s.boot_timeout_seconds:
-            return
-        self.launch = launch_status(self.asg.activities(), self.last.at)
-        for act in self.launch.failed:
-            if act.activity_id in self.seen_failures:
-                continue
-            self.seen_failures.add(act.activity_id)
-            self.m.launch_failures.inc()
-            log.error("instances fail to launch", extra={
-                "event": "launch_failed", "activity_id": act.activity_id,
-                "status_code": act.status_code, "aws_message": act.status_message,
-                "description": act.description})
-
-    def _tell_capacity(self, c: Counts, coming: Arriving, desired: int, max_size: int
-                       ) -> None:
-        """Every pass: tell every dispatcher what is free and what is coming, so that each
-        waiting claim the pool cannot serve is answered at once, and the others wait
-        (dispatcher.assign.refused_waiters). A launch failure is logged when it starts and
-        when it ends."""
-        ok = self.launch.ok
-        if ok != self.published_ok:
-            (log.info if ok else log.warning)(
-                "launches work again" if ok else "instances fail to launch",
-                extra={"event": "capacity", "ok": ok, "reason": self.launch.reason})
-        try:
-            self.publish(CapacityStatus(ok=ok, reason=self.launch.reason, desired=desired,
-                                        max_size=max_size, free=c.free,
-                                        booting=coming.booting, pending=coming.pending,
-                                        sent_at=now_sent_at()))
-            self.published_ok = ok
-        except Exception as exc:  # the broker is down: the next pass publishes again
-            log.warning("could not publish capacity status", extra={"error": repr(exc)})
-
-    def _record(self, c: Counts, d: Decision, desired: int, max_size: int,
-                seconds: float) -> None:
-        m = self.m
-        m.desired.set(desired)
-        m.max_size.set(max_size)
-        m.missing.set(d.missing)
-        m.waiting.set(c.waiting)
-        for st in ("free", "leased", "draining", "dead", "booting"):
-            m.workers.labels(st).set(getattr(c, st))
-        ok = d.capacity_ok and self.launch.ok
-        m.capacity_ok.set(1 if ok else 0)
-        m.reconcile_seconds.observe(seconds)
-        self.status.update(
-            desired=desired, max_size=max_size, missing=d.missing, decision=d.reason,
-            capacity_ok=ok, capacity_reason=self.launch.reason or d.capacity_reason,
-            counts=c.__dict__, last_scale=None if self.last is None else self.last.__dict__)
+    def _raise(self, d: Decision, was: int, counts: Counts, now: float) -> None:
+        assert d.set_desired is not None
+        self.asg.set_desired(d.set_desired)
+        self.last = LastScale(at=now, desired=d.set_desired, missing=d.missing)
+        self._remember(self.last)
+        self.metrics.scale_calls.inc()
+        log.info("desired capacity raised", extra={
+            "event": "scale", "decided_at": now, "desired": d.set_desired, "was": was,
+            "missing": d.missing, "reason": d.reason, **counts.__dict__})
 
 
 def guarded(fn: Callable[[], Any], what: str, metrics: ScalerMetrics) -> None:

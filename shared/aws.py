@@ -30,7 +30,7 @@ from tenacity import (
 
 from shared.errors import AwsError, AwsUnavailable
 
-log = logging.getLogger("workerpool.aws")
+log = logging.getLogger(__name__)
 
 #: botocore's "standard" mode retries throttling and 5xx with jittered backoff itself.
 BOTO_CONFIG = Config(

@@ -142,7 +142,7 @@ def snapshot() -> dict[str, Any]:
     s = _settings()
     now = time.time()
     store = Store.from_settings(s)
-    workers = sorted(store.all_workers(), key=lambda w: (w.status, w.instance_id))
+    workers = sorted(store.workers.all(), key=lambda w: (w.status, w.instance_id))
     totals: dict[str, int] = {}
     for w in workers:
         totals[w.status] = totals.get(w.status, 0) + 1

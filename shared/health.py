@@ -9,15 +9,42 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-log = logging.getLogger("workerpool.health")
+log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, Any]]
+
+#: Seconds a probe's answer is reused: /health may be polled often, and each probe costs a
+#: broker connection or an AWS call.
+PROBE_CACHE_SECONDS = 3.0
+
+
+class CachedCheck:
+    """A check that runs ``probe`` at most every ``ttl`` seconds. The probe returns a detail
+    (or None) when fine and raises when not; any exception is "unreachable" to an operator."""
+
+    def __init__(self, probe: Callable[[], Any], ttl: float = PROBE_CACHE_SECONDS) -> None:
+        self.probe, self.ttl = probe, ttl
+        self._lock = threading.Lock()
+        self._at = -1e18
+        self._result: tuple[bool, Any] = (False, "not checked yet")
+
+    def __call__(self) -> tuple[bool, Any]:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                try:
+                    detail = self.probe()
+                    self._result = (True, detail or "ok")
+                except Exception as exc:
+                    self._result = (False, str(exc) or repr(exc))
+                self._at = time.monotonic()
+            return self._result
 
 
 class HealthServer:

@@ -14,7 +14,7 @@ from typing import Any
 from shared.errors import AwsError, AwsUnavailable
 from shared.store import Store
 
-log = logging.getLogger("workerpool.leader")
+log = logging.getLogger(__name__)
 
 
 class Leadership:
@@ -26,7 +26,7 @@ class Leadership:
     def refresh(self, now: float) -> bool:
         """Take or keep the lock; returns whether this replica is the active one now."""
         try:
-            item = self.store.acquire_lock(self.name, owner=self.owner, ttl=self.ttl, now=now)
+            item = self.store.locks.acquire(self.name, owner=self.owner, ttl=self.ttl, now=now)
         except (AwsUnavailable, AwsError) as exc:
             log.warning("lock refresh failed", extra={"lock": self.name, "error": str(exc)})
             item = None
@@ -43,7 +43,7 @@ class Leadership:
         """Leave notes on the lock item for the next active replica (best effort: losing one
         costs the next replica a little memory, never correctness)."""
         try:
-            if self.store.note_lock(self.name, owner=self.owner, notes=notes):
+            if self.store.locks.note(self.name, owner=self.owner, notes=notes):
                 self.notes.update(notes)
         except (AwsUnavailable, AwsError) as exc:
             log.warning("could not note on the lock", extra={"lock": self.name,
@@ -52,7 +52,7 @@ class Leadership:
     def resign(self) -> None:
         if self.active:
             try:
-                self.store.release_lock(self.name, owner=self.owner)
+                self.store.locks.release(self.name, owner=self.owner)
             except (AwsUnavailable, AwsError):
                 pass
             self.active = False

@@ -55,7 +55,7 @@ class BurstPool:
         self.rpc = RpcClient(amqp_url, "cli@bursts")
 
     def free(self) -> int:
-        return len(self.store.find_free(limit=1000))
+        return len(self.store.workers.find_free(limit=1000))
 
     def wait_free(self, n: int, timeout: float = 90) -> None:
         wait_for(lambda: self.free() >= n, timeout, interval=0.3, what=f"{n} free workers")

@@ -56,7 +56,7 @@ class Pool:
         self.rpc = RpcClient(settings.amqp_url, "cli@e2e")
 
     def free(self) -> list[str]:
-        return sorted(w.instance_id for w in self.store.find_free(limit=100))
+        return sorted(w.instance_id for w in self.store.workers.find_free(limit=100))
 
     def wait_target(self, timeout: float = 40) -> list[str]:
         def enough() -> list[str] | None:
@@ -126,7 +126,7 @@ def test_a_claim_is_assigned_and_the_table_shows_the_lease(live: Pool) -> None:
     reply = live.claim("alice", lease_seconds=600)
     assert reply["status"] == "assigned", reply
     iid = reply["worker"]["instance_id"]
-    item = live.store.get(iid)
+    item = live.store.workers.get(iid)
     assert item is not None and item.status == "leased" and item.user_id == "alice"
     assert reply["worker"]["url"].endswith(":8080")
     # the scaler protects the leased instance from scale-in
@@ -140,7 +140,7 @@ def test_a_claim_is_assigned_and_the_table_shows_the_lease(live: Pool) -> None:
 def test_a_burst_raises_desired_by_the_missing_machines_and_every_claim_is_served(live: Pool
                                                                                   ) -> None:
     live.wait_target()
-    wait_for(lambda: not live.store.by_status("draining"), 20, what="recycling done")
+    wait_for(lambda: not live.store.workers.by_status("draining"), 20, what="recycling done")
     before = live.asg.describe().desired
     calls_before = len(live.set_desired_calls())
     users = [unique("burst") for _ in range(6)]
@@ -174,7 +174,7 @@ def test_a_released_worker_is_terminated_and_replaced(live: Pool) -> None:
     iid = reply["worker"]["instance_id"]
     assert live.lease_call("release", "bob", iid)["status"] == "released"
     wait_for(lambda: iid not in live.asg.describe().live_ids, 20, what="instance terminated")
-    wait_for(lambda: live.store.get(iid) is None, 20, what="item removed")
+    wait_for(lambda: live.store.workers.get(iid) is None, 20, what="item removed")
     assert iid not in live.wait_target()
 
 

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from shared.config import Settings
-from shared.store import HEARTBEAT_INDEX, LEASE_INDEX
+from shared.store.schema import HEARTBEAT_INDEX, LEASE_INDEX
 from tests import iam
 
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")

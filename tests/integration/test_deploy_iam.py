@@ -22,33 +22,33 @@ def exercise_store(store: Store) -> None:
     store.create_table()  # on AWS the stack made the table: this is only a DescribeTable
     store.ping()
     ids = [f"i-{k:017x}" for k in range(1, 5)]
-    store.track_booting(ids[0], now=now)
+    store.workers.track_booting(ids[0], now=now)
     for k, iid in enumerate(ids):
-        store.register(iid, now=now + k * 0.01, private_ip=f"10.0.0.{k + 1}", public_ip=None)
-    store.heartbeat(ids[0], healthy=True, now=now + 1)
-    free = store.find_free()
-    store.count("free", healthy_only=True)
-    worker = store.get(free[0].instance_id)
+        store.workers.register(iid, now=now + k * 0.01, private_ip=f"10.0.0.{k + 1}", public_ip=None)
+    store.workers.heartbeat(ids[0], healthy=True, now=now + 1)
+    free = store.workers.find_free()
+    store.workers.count("free", healthy_only=True)
+    worker = store.workers.get(free[0].instance_id)
     assert worker is not None
-    store.lease(worker, user_id="alice", request_id="r1", lease_seconds=60, now=now,
+    store.leases.grant(worker, user_id="alice", request_id="r1", lease_seconds=60, now=now,
                 max_leases=1, remember_seconds=86400)
-    store.recall("alice", "r1")
-    store.user_leases("alice")
-    store.renew(worker.instance_id, user_id="alice", lease_seconds=120, now=now + 2)
-    store.release(worker.instance_id, user_id="alice", now=now + 3)
-    store.forget_user_instance("alice", worker.instance_id)
-    store.expired_leases(now + 10_000)
-    stale = store.by_status("free", heartbeat_before=now + 10_000)
-    store.mark_dead(stale[0], now=now + 10_000)
-    again = store.get(stale[1].instance_id)
+    store.requests.recall("alice", "r1")
+    store.leases.held_by("alice")
+    store.leases.renew(worker.instance_id, user_id="alice", lease_seconds=120, now=now + 2)
+    store.leases.release(worker.instance_id, user_id="alice", now=now + 3)
+    store.leases.forget_user("alice", worker.instance_id)
+    store.leases.expired(now + 10_000)
+    stale = store.workers.by_status("free", heartbeat_before=now + 10_000)
+    store.workers.mark_dead(stale[0], now=now + 10_000)
+    again = store.workers.get(stale[1].instance_id)
     assert again is not None
-    store.drain_free(again, now=now + 5, reason="surplus")
-    store.confirm_recyclable(again.instance_id, now=now + 6)
-    store.remove(again.instance_id, only_if_status=("draining",))
-    store.remember("bob", "r9", {"status": "unavailable"}, now=now, remember_seconds=86400)
-    store.acquire_lock("scaler", owner="me", ttl=5, now=now)
-    store.release_lock("scaler", owner="me")
-    store.all_workers()  # the reaper's orphan sweep
+    store.workers.drain_free(again, now=now + 5, reason="surplus")
+    store.workers.confirm_recyclable(again.instance_id, now=now + 6)
+    store.workers.remove(again.instance_id, only_if_status=("draining",))
+    store.requests.remember("bob", "r9", {"status": "unavailable"}, now=now, remember_seconds=86400)
+    store.locks.acquire("scaler", owner="me", ttl=5, now=now)
+    store.locks.release("scaler", owner="me")
+    store.workers.all()  # the reaper's orphan sweep
 
 
 def exercise_asg(asg: Asg) -> None:

@@ -70,7 +70,7 @@ def test_a_claim_gets_a_worker_and_only_its_holder_can_renew_or_release_it(
     renewed = client.lease("renew", "alice", iid, lease_seconds=3600)
     assert renewed["status"] == "renewed" and renewed["lease_expiry"] > expiry
     assert client.lease("release", "alice", iid)["status"] == "released"
-    worker = store_of(pool).get(iid)
+    worker = store_of(pool).workers.get(iid)
     assert worker is not None and worker.status == "draining"
     assert client.lease("renew", "alice", iid)["status"] == "not_found"
     assert 'workerpool_claims_total{outcome="assigned"} 3.0' in metrics_text(dispatcher)
@@ -85,7 +85,7 @@ def test_an_instance_outside_the_asg_is_refused_dead_lettered_and_never_free(
     letters = wait_for(lambda: dead_letters(pool), timeout=5, what="a dead letter")
     assert [h[topology.REASON_HEADER] for _, h in letters] == [
         f"instance i-0123456789abcdef0 is not in Auto Scaling Group {pool.asg_name}"]
-    assert store_of(pool).get("i-0123456789abcdef0") is None
+    assert store_of(pool).workers.get("i-0123456789abcdef0") is None
     assert client.claim("alice", wait_seconds=0)["status"] == "unavailable"
 
 
@@ -95,10 +95,10 @@ def test_an_unhealthy_worker_is_not_handed_out_until_it_is_healthy_again(
     register_workers(pool, [iid])
     publish_agent(pool, [heartbeat_msg(iid, healthy=False)])
     store = store_of(pool)
-    wait_for(lambda: not store.get(iid).healthy, what="the worker unhealthy")  # type: ignore[union-attr]
+    wait_for(lambda: not store.workers.get(iid).healthy, what="the worker unhealthy")  # type: ignore[union-attr]
     assert client.claim("alice", wait_seconds=0)["status"] == "unavailable"
     publish_agent(pool, [heartbeat_msg(iid, healthy=True)])
-    wait_for(lambda: store.get(iid).healthy, what="the worker healthy")  # type: ignore[union-attr]
+    wait_for(lambda: store.workers.get(iid).healthy, what="the worker healthy")  # type: ignore[union-attr]
     assert client.claim("alice", wait_seconds=0)["worker"]["instance_id"] == iid
 
 
@@ -110,7 +110,7 @@ def test_a_deregistered_worker_leaves_the_free_set_at_once(
                                      "reason": "shutdown", "sent_at": iso(time.time())}
                                     ).encode()])
     store = store_of(pool)
-    wait_for(lambda: store.get(iid).status == "draining",  # type: ignore[union-attr]
+    wait_for(lambda: store.workers.get(iid).status == "draining",  # type: ignore[union-attr]
              what="the worker draining")
     assert client.claim("alice", wait_seconds=0)["status"] == "unavailable"
 

@@ -60,10 +60,10 @@ def test_three_dispatchers_give_200_users_200_distinct_workers_and_the_table_agr
     assert sorted(given.values()) == ids  # every worker once, none twice
     store = store_of(pool)
     for k in range(200):
-        w = store.get(given[f"r-{k}"])
+        w = store.workers.get(given[f"r-{k}"])
         assert w is not None and (w.status, w.user_id, w.request_id) == (
             "leased", f"user{k}", f"r-{k}")
-    assert store.count("free") == 0
+    assert store.workers.count("free") == 0
     client.close()
 
 
@@ -80,7 +80,7 @@ def test_three_dispatchers_over_50_workers_assign_50_and_answer_150_unavailable(
     assert sorted(given) == ids
     reasons = {r["reason"] for r in replies.values() if r["status"] == "unavailable"}
     assert all("no worker became free within 2 s" in str(x) for x in reasons)
-    leased = store_of(pool).by_status("leased")
+    leased = store_of(pool).workers.by_status("leased")
     assert sorted(w.instance_id for w in leased) == ids
     client.close()
 

@@ -14,7 +14,7 @@ import json
 
 from shared import topology
 from shared.config import Settings
-from shared.store import marshal
+from shared.store.table import marshal
 from tests.helpers import wait_for
 from tests.integration.test_dispatcher_support import (
     Client,
@@ -39,7 +39,7 @@ def test_a_lease_overtaken_before_the_recheck_is_given_up_and_the_claim_gets_ano
             {"request_id": "r-1", "user_id": "alice"}).encode())
 
         def alices() -> str | None:
-            return next((w.instance_id for w in store.by_status("leased")
+            return next((w.instance_id for w in store.workers.by_status("leased")
                          if w.user_id == "alice"), None)
 
         first = wait_for(alices, 5, interval=0.05, what="alice's first lease")
@@ -52,9 +52,9 @@ def test_a_lease_overtaken_before_the_recheck_is_given_up_and_the_claim_gets_ano
         assert reply["status"] == "assigned"
         (other,) = set(ids) - {first}
         assert reply["worker"]["instance_id"] == other
-        assert store.get(other).user_id == "alice"  # type: ignore[union-attr]
-        assert [w.instance_id for w in store.user_leases("alice")] == [other]
-        assert store.recall("alice", "r-1")["instance_id"] == other  # type: ignore[index]
+        assert store.workers.get(other).user_id == "alice"  # type: ignore[union-attr]
+        assert [w.instance_id for w in store.leases.held_by("alice")] == [other]
+        assert store.requests.recall("alice", "r-1")["instance_id"] == other  # type: ignore[index]
         assert "workerpool_leases_lost_on_recheck_total 1.0" in metrics_text(proc)
     finally:
         client.close()

@@ -65,7 +65,7 @@ def register_workers(settings: Settings, ids: list[str], *, wait: bool = True) -
     publish_agent(settings, [register_msg(iid, k) for k, iid in enumerate(ids)])
     if wait:
         store = store_of(settings)
-        wait_for(lambda: store.count("free", healthy_only=True) >= len(ids), timeout=60,
+        wait_for(lambda: store.workers.count("free", healthy_only=True) >= len(ids), timeout=60,
                  interval=0.2, what=f"{len(ids)} free workers")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.fakes import FakeCodeServer, FakeImds
-from dispatcher.assign import PASSWORD_NOT_CONFIRMED, PASSWORD_SENT_ONCE
+from dispatcher.replies import PASSWORD_NOT_CONFIRMED, PASSWORD_SENT_ONCE
 from shared import topology
 from shared.config import Settings
 from tests.helpers import Proc, wait_for
@@ -90,7 +90,7 @@ def test_the_claimant_gets_a_password_the_workers_code_server_accepts_and_nothin
     (dispatcher,) = start_dispatchers(pool, **PASSWORDS)
     try:
         vm.agent.wait_ready()
-        wait_for(lambda: store_of(pool).count("free", healthy_only=True) == 1,
+        wait_for(lambda: store_of(pool).workers.count("free", healthy_only=True) == 1,
                  what="the worker free")
 
         reply = client.claim("alice", "r-1")
@@ -124,14 +124,14 @@ def test_a_worker_whose_agent_does_not_confirm_is_taken_out_and_the_claim_gets_a
     try:
         register_workers(pool, [ghost], wait=False)  # registered, but no agent listens
         vms.append(Vm(pool, broken, 2, tmp_path, CODE_SERVER_RESTART_COMMAND="false"))
-        wait_for(lambda: store_of(pool).count("free", healthy_only=True) == 2, timeout=20,
+        wait_for(lambda: store_of(pool).workers.count("free", healthy_only=True) == 2, timeout=20,
                  what="two free workers")
 
         cid = client.send(topology.CLAIMS, json.dumps({
             "request_id": "r-1", "user_id": "alice", "wait_seconds": 60}).encode())
 
         def status(iid: str) -> tuple[str | None, str | None]:
-            w = store_of(pool).get(iid)
+            w = store_of(pool).workers.get(iid)
             return (w.status, w.reason) if w else (None, None)
 
         for iid in (ghost, broken):  # tried, not confirmed, taken out for the reaper
@@ -147,7 +147,7 @@ def test_a_worker_whose_agent_does_not_confirm_is_taken_out_and_the_claim_gets_a
         assert any(line.get("event") == "password_failed" for line in vms[0].agent.lines)
         assert 'workerpool_lease_passwords_total{result="not_confirmed"} 2.0' in metrics_text(
             dispatcher)
-        assert store_of(pool).user_leases("alice")[0].instance_id == good
+        assert store_of(pool).leases.held_by("alice")[0].instance_id == good
     finally:
         dispatcher.stop()
     assert_nowhere(reply["worker"]["password"], [dispatcher, *(vm.agent for vm in vms)], pool)
@@ -161,7 +161,7 @@ def test_without_lease_passwords_the_dispatcher_sends_no_command_and_the_passwor
     (dispatcher,) = start_dispatchers(pool)
     try:
         vm.agent.wait_ready()
-        wait_for(lambda: store_of(pool).count("free", healthy_only=True) == 1,
+        wait_for(lambda: store_of(pool).workers.count("free", healthy_only=True) == 1,
                  what="the worker free")
         reply = client.claim("alice", f"r-{uuid.uuid4().hex[:6]}")
         assert reply["status"] == "assigned" and reply["worker"]["password"] is None

@@ -27,35 +27,40 @@ def launch(asg: Asg, n: int) -> list[str]:
 
 
 def register(store: Store, iid: str, now: float) -> None:
-    store.register(iid, now=now, private_ip="10.0.0.1", public_ip=None)
+    store.workers.register(iid, now=now, private_ip="10.0.0.1", public_ip=None)
 
 
 def lease(store: Store, iid: str, user: str, *, now: float, seconds: int) -> None:
-    w = store.get(iid)
+    w = store.workers.get(iid)
     assert w is not None
-    store.lease(w, user_id=user, request_id=f"r-{iid}", lease_seconds=seconds, now=now,
-                max_leases=100, remember_seconds=86400)
+    store.leases.grant(w, user_id=user, request_id=f"r-{iid}", lease_seconds=seconds,
+                       now=now, max_leases=100, remember_seconds=86400)
 
 
 def worker_items(store: Store) -> dict[str, str]:
-    return {w.instance_id: w.status for w in store.all_workers()}
+    return {w.instance_id: w.status for w in store.workers.all()}
 
 
 class Before:
-    """Delegates to the real Store, but runs ``fn`` just before the first call of ``method``:
-    another process's write landing at that exact point of the pass."""
+    """Delegates to the real Store, but runs ``fn`` just before the first call of ``method``
+    (a dotted path, e.g. ``leases.expire``): another process's write landing at that exact
+    point of the pass."""
 
-    def __init__(self, target: Store, method: str, fn: Any) -> None:
-        self._target, self._method, self._fn = target, method, fn
+    def __init__(self, target: Any, method: str, fn: Any) -> None:
+        self._target, self._method = target, method
+        self._pending = fn if isinstance(fn, list) else [fn]  # shared by nested proxies
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
-        if name != self._method or self._fn is None:
+        head, _, rest = self._method.partition(".")
+        if name != head or not self._pending:
             return attr
+        if rest:
+            return Before(attr, rest, self._pending)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            fn, self._fn = self._fn, None
-            fn()
+            if self._pending:
+                self._pending.pop()()
             return attr(*args, **kwargs)
 
         return call
@@ -66,10 +71,10 @@ class Before:
 # switch interval), while DynamoDB's are. So the race is replayed at each point where the
 # dispatcher's renew can land relative to the reaper's reads and writes, deterministically.
 RENEW_LANDS = [
-    ("before_the_pass_reads", "expired_leases", True),
-    ("between_the_read_and_the_expire", "expire", True),
-    ("between_the_expire_and_the_recycle", "confirm_recyclable", False),
-    ("between_the_terminate_and_the_remove", "remove", False),
+    ("before_the_pass_reads", "leases.expired", True),
+    ("between_the_read_and_the_expire", "leases.expire", True),
+    ("between_the_expire_and_the_recycle", "workers.confirm_recyclable", False),
+    ("between_the_terminate_and_the_remove", "workers.remove", False),
     ("after_the_pass", None, False),
 ]
 
@@ -85,13 +90,13 @@ def test_a_renew_racing_the_expiry_never_leaves_both_or_neither_winning(
         register(store, i, t0)
     lease(store, iid, "alice", now=t0, seconds=10)
     expiry = t0 + 10
-    store.heartbeat(iid, healthy=True, now=expiry)  # alive: only the lease rule is in play
-    store.heartbeat(other, healthy=True, now=expiry)
+    store.workers.heartbeat(iid, healthy=True, now=expiry)  # alive: only the lease rule is in play
+    store.workers.heartbeat(other, healthy=True, now=expiry)
     renewed: list[bool] = []
 
     def renew() -> None:  # the dispatcher's clock still sees the lease alive
         try:
-            store.renew(iid, user_id="alice", lease_seconds=3600, now=expiry - 0.01)
+            store.leases.renew(iid, user_id="alice", lease_seconds=3600, now=expiry - 0.01)
             renewed.append(True)
         except ConditionFailed:
             renewed.append(False)
@@ -102,17 +107,17 @@ def test_a_renew_racing_the_expiry_never_leaves_both_or_neither_winning(
     if method is None:
         renew()
     expired = [o for a, o in outcomes if isinstance(a, Expire)]
-    item, live = store.get(iid), {i.instance_id for i in asg.describe().instances}
+    item, live = store.workers.get(iid), {i.instance_id for i in asg.describe().instances}
     assert renewed == [renew_wins]
     if renew_wins:  # the lease stands and nothing was reclaimed
         assert expired in ([], [LOST])
         assert item is not None and item.status == "leased" and item.lease_expiry > expiry
         assert live == {iid, other} and asg.describe().desired == 2
-        assert [w.instance_id for w in store.user_leases("alice")] == [iid]
+        assert [w.instance_id for w in store.leases.held_by("alice")] == [iid]
     else:  # the user holds nothing and the instance is gone, decremented once
         assert expired == [DONE]
         assert item is None and live == {other} and asg.describe().desired == 1
-        assert store.user_leases("alice") == []
+        assert store.leases.held_by("alice") == []
 
 
 def test_a_free_or_leased_worker_is_never_terminated_even_when_asked(pool: Settings) -> None:
@@ -140,7 +145,7 @@ def test_unknown_instances_are_tracked_and_orphan_items_removed(pool: Settings) 
     reaper = Reaper(store=store, asg=asg, settings=pool)
     reaper.run_pass(now=now + 1)
     assert worker_items(store) == {a: "free", b: "booting"}
-    assert store.user_leases("carol") == []
+    assert store.leases.held_by("carol") == []
     sample = reaper.metrics.registry.get_sample_value
     assert sample("workerpool_orphans_removed_total") == 1
     assert sample("workerpool_leased_workers_lost_total") == 1
@@ -156,12 +161,15 @@ class CrashAfter:
 
     WRITES = {"expire", "mark_dead", "confirm_recyclable", "remove", "track_booting",
               "set_protection", "terminate"}
+    PARTS = {"workers", "leases"}  # the store's kinds of item, wrapped in turn
 
     def __init__(self, target: Any, counter: list[int], k: int) -> None:
         self._target, self._counter, self._k = target, counter, k
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
+        if name in self.PARTS:
+            return CrashAfter(attr, self._counter, self._k)
         if name not in self.WRITES:
             return attr
 
@@ -182,7 +190,7 @@ def seed_mixed_pool(store: Store, asg: Asg) -> dict[str, str]:
     lease(store, roles["expired"], "alice", now=now - 100, seconds=10)
     register(store, roles["dead"], now - 1000)
     lease(store, roles["dead"], "bob", now=now - 1000, seconds=3600)
-    store.track_booting(roles["never_booted"], now=now - 1000)
+    store.workers.track_booting(roles["never_booted"], now=now - 1000)
     register(store, roles["healthy"], now)
     return roles
 
@@ -218,4 +226,4 @@ def test_a_pass_that_crashes_before_any_write_then_runs_again_reaches_the_same_e
     assert not instances & {roles["expired"], roles["dead"], roles["never_booted"]}
     (replacement,) = instances - {roles["healthy"]}
     assert worker_items(store) == {roles["healthy"]: "free", replacement: "booting"}
-    assert store.user_leases("alice") == [] and store.user_leases("bob") == []
+    assert store.leases.held_by("alice") == [] and store.leases.held_by("bob") == []

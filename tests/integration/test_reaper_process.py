@@ -36,7 +36,7 @@ class Agents:
         while not self._stop.wait(self.interval):
             for iid in list(self.ids):
                 try:
-                    self.store.heartbeat(iid, healthy=True, now=time.time())
+                    self.store.workers.heartbeat(iid, healthy=True, now=time.time())
                 except ConditionFailed:
                     pass
 
@@ -78,17 +78,17 @@ def test_an_expired_lease_gets_its_instance_terminated_desired_lowered_and_item_
     agents = Agents(store, [leased_id, free_id])
     lease(store, leased_id, "alice", now=now, seconds=2)
     reaper = start(procs, pool)
-    wait_for(lambda: store.get(leased_id) is None, 8, what="the expired worker's item removed")
+    wait_for(lambda: store.workers.get(leased_id) is None, 8, what="the expired worker's item removed")
     agents.stop()
     state = asg.describe()
     assert [i.instance_id for i in state.instances] == [free_id]
     assert state.desired == 1
-    assert store.get(free_id) is not None and store.get(free_id).status == "free"  # type: ignore[union-attr]
+    assert store.workers.get(free_id) is not None and store.workers.get(free_id).status == "free"  # type: ignore[union-attr]
     (expired,) = reaper.events("lease_expired")
     assert expired["instance_id"] == leased_id and expired["user_id"] == "alice"
     assert metric(reaper, "workerpool_leases_expired_total") == 1
     assert metric(reaper, "workerpool_recycled_total") == 1
-    assert store.user_leases("alice") == []
+    assert store.leases.held_by("alice") == []
 
 
 def test_a_leased_worker_whose_heartbeats_stop_is_reclaimed_and_reported(
@@ -101,7 +101,7 @@ def test_a_leased_worker_whose_heartbeats_stop_is_reclaimed_and_reported(
     lease(store, silent_id, "bob", now=now, seconds=3600)
     agents = Agents(store, [alive_id])  # silent_id's agent never heartbeats again
     reaper = start(procs, pool)
-    wait_for(lambda: store.get(silent_id) is None, 8, what="the dead worker's item removed")
+    wait_for(lambda: store.workers.get(silent_id) is None, 8, what="the dead worker's item removed")
     agents.stop()
     assert [i.instance_id for i in asg.describe().instances] == [alive_id]
     assert asg.describe().desired == 1
@@ -124,8 +124,8 @@ def test_an_instance_that_never_registers_is_replaced_after_boot_timeout(
     state = asg.describe()
     assert state.desired == 1 and len(state.instances) == 1  # a replacement, same desired
     replacement = state.instances[0].instance_id
-    wait_for(lambda: store.get(replacement) is not None, 5, what="the replacement tracked")
-    assert store.get(silent) is None
+    wait_for(lambda: store.workers.get(replacement) is not None, 5, what="the replacement tracked")
+    assert store.workers.get(silent) is None
     assert reaper.events("boot_timed_out")[0]["instance_id"] == silent
     assert metric(reaper, "workerpool_boots_timed_out_total") >= 1
 
@@ -140,13 +140,13 @@ def test_a_renew_never_loses_to_the_reaper_and_a_reclaimed_lease_cannot_be_renew
     start(procs, pool, REAP_INTERVAL=0.05)
     until = time.time() + 3
     while time.time() < until:  # renewing every 0.1 s keeps a 2 s lease alive throughout
-        store.renew(iid, user_id="dora", lease_seconds=2, now=time.time())
+        store.leases.renew(iid, user_id="dora", lease_seconds=2, now=time.time())
         time.sleep(0.1)
-    wait_for(lambda: store.get(iid) is None, 6, what="the lease reclaimed once renews stop")
+    wait_for(lambda: store.workers.get(iid) is None, 6, what="the lease reclaimed once renews stop")
     with pytest.raises(ConditionFailed):
-        store.renew(iid, user_id="dora", lease_seconds=2, now=time.time())
+        store.leases.renew(iid, user_id="dora", lease_seconds=2, now=time.time())
     agents.stop()
-    assert store.user_leases("dora") == [] and asg.describe().instances == ()
+    assert store.leases.held_by("dora") == [] and asg.describe().instances == ()
 
 
 def test_a_reaper_killed_mid_pass_and_restarted_reaches_the_same_end_state(
@@ -163,15 +163,15 @@ def test_a_reaper_killed_mid_pass_and_restarted_reaches_the_same_end_state(
     first = start(procs, pool)
     wait_for(lambda: first.events("lease_expired"), 8, interval=0.002, what="a first action")
     first.kill()  # SIGKILL: no chance to finish the pass or resign the lock
-    reclaimed = sum(1 for iid in doomed if store.get(iid) is None)
+    reclaimed = sum(1 for iid in doomed if store.workers.get(iid) is None)
     second = start(procs, pool, name="restarted")
-    wait_for(lambda: all(store.get(iid) is None for iid in doomed), 10,
+    wait_for(lambda: all(store.workers.get(iid) is None for iid in doomed), 10,
              what="every expired worker reclaimed after the restart")
     agents.stop()
     state = asg.describe()
     assert sorted(i.instance_id for i in state.instances) == healthy
     assert state.desired == 2  # each reclaimed instance decremented exactly once
-    assert {w.instance_id: w.status for w in store.all_workers()} == dict.fromkeys(healthy,
+    assert {w.instance_id: w.status for w in store.workers.all()} == dict.fromkeys(healthy,
                                                                                    "free")
     assert reclaimed < len(doomed)  # the kill did land mid-pass
     assert second.events("active")
@@ -191,13 +191,13 @@ def test_of_two_reapers_only_one_acts_and_the_other_takes_over_when_it_stops(
     b = start(procs, pool, name="b", LOCK_TTL_SECONDS=30)
     for iid in ids[:2]:
         lease(store, iid, f"u-{iid}", now=now - 100, seconds=10)
-    wait_for(lambda: all(store.get(i) is None for i in ids[:2]), 8, what="first reclaim")
+    wait_for(lambda: all(store.workers.get(i) is None for i in ids[:2]), 8, what="first reclaim")
     active, standby = (a, b) if a.events("active") else (b, a)
     assert not standby.events("active")
     assert len(active.events("recycled")) == 2 and not standby.events("recycled")
     assert active.stop() == 0  # a clean stop resigns the lock: the standby takes over
     lease(store, ids[2], "erin", now=now - 100, seconds=10)
-    wait_for(lambda: store.get(ids[2]) is None, 8, what="reclaim by the former standby")
+    wait_for(lambda: store.workers.get(ids[2]) is None, 8, what="reclaim by the former standby")
     agents.stop()
     assert [e["instance_id"] for e in standby.events("recycled")] == [ids[2]]
     assert asg.describe().desired == 1

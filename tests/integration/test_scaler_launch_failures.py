@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from scaler.loop import Engine
+from scaler.loop import Scaler
 from scaler.metrics import ScalerMetrics
-from scaler.service import Service
+from shared import topology
 from shared.asg import Asg
 from shared.aws import client
+from shared.broker import Publisher
 from shared.config import Settings
 from shared.health import HealthServer
 from shared.leader import Leadership
@@ -64,27 +65,26 @@ def rig(pool: Settings) -> Any:
     store = Store.from_settings(s)
     registry = CollectorRegistry()
     metrics = ScalerMetrics(registry)
-    holder: dict[str, Service] = {}
-    engine = Engine(settings=s, store=store, asg=asg, metrics=metrics,
-                    publish=lambda st: holder["service"].publish_capacity(st))
-    holder["service"] = Service(settings=s, engine=engine, name="scaler@tests",
-                                leadership=Leadership(store, name="scaler", owner="t", ttl=5),
-                                stopping=lambda: True)
+    capacity = Publisher(s.amqp_url, "scaler@tests")
+    scaler = Scaler(settings=s, store=store, asg=asg, metrics=metrics,
+                    publish_capacity=lambda st: capacity.publish(
+                        "", st.to_json(), exchange=topology.CAPACITY_EXCHANGE, mandatory=False),
+                    leadership=Leadership(store, name="scaler", owner="t", ttl=5))
     health = HealthServer(process="scaler", port=0, registry=registry)
-    health.info["scaler"] = engine.status
-    yield s, fake, engine, registry, health
-    holder["service"].publisher.close()
+    health.info["scaler"] = scaler.status
+    yield s, fake, scaler, registry, health
+    capacity.close()
 
 
 def test_a_failed_launch_is_logged_counted_shown_and_published_with_aws_message(
         rig: Any, caplog: pytest.LogCaptureFixture) -> None:
-    s, fake, engine, registry, health = rig
+    s, fake, scaler, registry, health = rig
     listener = CapacityListener(s.amqp_url)
     try:
-        caplog.set_level(logging.INFO, logger="workerpool.scaler")
-        engine.reconcile(time.time())  # raises desired 0 -> 2
+        caplog.set_level(logging.INFO, logger="scaler")
+        scaler.reconcile(time.time())  # raises desired 0 -> 2
         fake.add("a-1", "Failed", QUOTA)
-        engine.reconcile(time.time())
+        scaler.reconcile(time.time())
 
         failed = [r for r in caplog.records if getattr(r, "event", None) == "launch_failed"]
         assert len(failed) == 1 and failed[0].aws_message == QUOTA
@@ -97,14 +97,14 @@ def test_a_failed_launch_is_logged_counted_shown_and_published_with_aws_message(
         assert not statuses[-1].ok and QUOTA in (statuses[-1].reason or "")
 
         assert statuses[-1].desired == 2 and statuses[-1].free == 0
-        engine.reconcile(time.time())  # the same failure again: published, not re-counted
+        scaler.reconcile(time.time())  # the same failure again: published, not re-counted
         assert registry.get_sample_value("workerpool_launch_failures_total") == 1
         wait_for(lambda: len([c for c in listener.poll() if not c.ok]) >= 2, 5,
                  what="status repeated while not ok")
 
         fake.add("a-2", "Successful", "")  # the quota was raised; AWS launched
         time.sleep(0.01)
-        engine.reconcile(time.time())
+        scaler.reconcile(time.time())
         assert registry.get_sample_value("workerpool_capacity_ok") == 1
         wait_for(lambda: listener.poll()[-1].ok, 5, what="a CapacityStatus ok=True")
         launch_lines = [r for r in caplog.records if getattr(r, "event", None) == "capacity"]

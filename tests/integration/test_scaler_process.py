@@ -194,8 +194,8 @@ def test_a_leased_worker_is_protected_from_scale_in_and_unprotected_when_release
         wait_for(lambda: len(asg.describe().live_ids) == 2, 10, what="two instances")
         iid = sorted(asg.describe().live_ids)[0]
         now = time.time()
-        worker = store.register(iid, now=now, private_ip="10.0.0.1", public_ip=None)
-        store.lease(worker, user_id="alice", request_id="r-1", lease_seconds=60, now=now,
+        worker = store.workers.register(iid, now=now, private_ip="10.0.0.1", public_ip=None)
+        store.leases.grant(worker, user_id="alice", request_id="r-1", lease_seconds=60, now=now,
                     max_leases=1, remember_seconds=86400)
         Broker(pool.amqp_url, "tests").publish(topology.SCALING, LeasedEvent(
             type="leased", instance_id=iid, sent_at=now_sent_at()).to_json())
@@ -205,7 +205,7 @@ def test_a_leased_worker_is_protected_from_scale_in_and_unprotected_when_release
 
         wait_for(lambda: protected()[iid], 5, what="protection set")
         assert not any(p for i, p in protected().items() if i != iid)
-        store.release(iid, user_id="alice", now=time.time())
+        store.leases.release(iid, user_id="alice", now=time.time())
         wait_for(lambda: not protected()[iid], 5, what="protection cleared")
     finally:
         assert proc.stop() == 0

@@ -13,7 +13,8 @@ import yaml
 from botocore.exceptions import ClientError
 
 from shared.config import Settings
-from shared.store import TTL_ATTRIBUTE, Store
+from shared.store import Store
+from shared.store.schema import TTL_ATTRIBUTE
 from tests import iam
 
 ROOT = iam.ROOT

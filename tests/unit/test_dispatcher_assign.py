@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher import assign
-from dispatcher.assign import Outlook, PoolView, ShortageSent, Waiter
+from dispatcher import assign, membership, replies
+from dispatcher.assign import ClaimView, Outlook, PoolView, ShortageSent, Waiter
 from shared.state import AsgState, Worker
 
 NOW = 1_800_000_000.0
@@ -15,21 +15,45 @@ def worker(iid: str = "i-1", **kw: object) -> Worker:
     return Worker(instance_id=iid, status="leased", last_heartbeat=NOW, **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("recalled", "held", "limit", "step"), [
-    (None, [], 1, "lease"),
-    ({"status": "assigned", "instance_id": "i-1"}, [], 1, "repeat"),
-    ({"status": "unavailable", "reason": "x"}, [worker()], 1, "repeat"),
-    (None, [worker()], 1, "existing"),
-    (None, [worker()], 2, "lease"),
-    (None, [worker("i-1"), worker("i-2")], 2, "existing"),
-])
-def test_a_claim_repeats_returns_the_held_worker_or_leases(recalled, held, limit, step) -> None:
-    assert assign.claim_step(recalled, held, limit) == step
+FREE = (worker("i-3"), worker("i-1"), worker("i-2"))
+SEEN = {"status": "assigned", "instance_id": "i-1"}
+PLAIN = PoolView(free=0, target=2)
+
+# (name, what was read, busy, max leases, wait_seconds, the plan)
+PLANS = [
+    ("a repeated request gets its first outcome, whatever else holds",
+     ClaimView(SEEN, (worker(),), FREE), frozenset(), 1, 60, assign.Repeat(SEEN)),
+    ("a remembered unavailable is repeated too",
+     ClaimView({"status": "unavailable", "reason": "x"}), frozenset(), 1, 0,
+     assign.Repeat({"status": "unavailable", "reason": "x"})),
+    ("a user at the limit gets a held worker back",
+     ClaimView(None, (worker("i-7"),), FREE), frozenset(), 1, 60, assign.Existing(worker("i-7"))),
+    ("below a higher limit, the user gets another",
+     ClaimView(None, (worker("i-7"),), FREE), frozenset(), 2, 60, assign.TryLease(FREE)),
+    ("candidates are tried in the order read, minus those our threads are leasing",
+     ClaimView(None, (), FREE), frozenset({"i-1"}), 1, 60,
+     assign.TryLease((worker("i-3"), worker("i-2")))),
+    ("nothing free and the claim may wait: it waits",
+     ClaimView(None), frozenset(), 1, 60, assign.Wait()),
+    ("only busy candidates count as nothing free",
+     ClaimView(None, (), (worker("i-1"),)), frozenset({"i-1"}), 1, 30, assign.Wait()),
+    ("wait_seconds 0 means unavailable now (PROTOCOL §3)",
+     ClaimView(None), frozenset(), 1, 0,
+     assign.Unavailable("no free worker right now (wait_seconds is 0); the pool has 0 free of "
+                        "target 2, ASG size unknown; see `workerpool status` and the ASG's "
+                        "activity")),
+    ("a claim already waiting keeps waiting",
+     ClaimView(None), frozenset(), 1, None, assign.Wait()),
+]
 
 
-@pytest.mark.parametrize(("wait", "answer"), [(0, "unavailable"), (1, "wait"), (900, "wait")])
-def test_wait_seconds_zero_means_unavailable_now(wait: int, answer: str) -> None:
-    assert assign.no_free_worker(wait) == answer
+@pytest.mark.parametrize(("name", "view", "busy", "limit", "wait", "plan"), PLANS,
+                         ids=[p[0] for p in PLANS])
+def test_a_claim_is_repeated_given_back_leased_waits_or_is_unavailable(
+        name: str, view: ClaimView, busy: frozenset[str], limit: int, wait: int | None,
+        plan: assign.ClaimPlan) -> None:
+    assert assign.claim_plan(view, busy=busy, max_leases=limit, wait_seconds=wait,
+                             pool=PLAIN) == plan
 
 
 @pytest.mark.parametrize(("header", "arrived"), [
@@ -163,22 +187,17 @@ def test_shortage_events_go_once_per_change_or_every_few_seconds(free, waiting, 
 ])
 def test_asg_membership_is_refreshed_only_when_the_cache_may_predate_the_message(
         iid, ids, refreshed, seen, verdict) -> None:
-    assert assign.asg_lookup(iid, ids, refreshed, seen) == verdict
+    assert membership.lookup(iid, ids, refreshed, seen) == verdict
 
 
 @pytest.mark.parametrize(("refreshed", "now", "delay"), [
     (None, 5.0, 0.0), (4.0, 5.0, 0.0), (4.5, 5.0, 0.5), (5.0, 5.0, 1.0)])
 def test_describe_is_called_at_most_once_a_second(refreshed, now, delay) -> None:
-    assert assign.refresh_delay(refreshed, now) == pytest.approx(delay)
+    assert membership.refresh_delay(refreshed, now) == pytest.approx(delay)
 
 
 def test_the_newest_of_queued_heartbeats_wins() -> None:
     assert assign.latest_heartbeat([(3.0, True), (5.0, False), (4.0, True)]) == (5.0, False)
-
-
-def test_candidates_our_threads_are_trying_are_skipped_in_the_given_order() -> None:
-    ws = [worker("i-3"), worker("i-1"), worker("i-2")]
-    assert [w.instance_id for w in assign.untried(ws, frozenset({"i-1"}))] == ["i-3", "i-2"]
 
 
 @pytest.mark.parametrize(("item", "ours"), [
@@ -194,16 +213,16 @@ def test_a_repeated_release_of_ones_own_lease_still_answers_released(item, ours)
 
 def test_a_repeated_claim_gets_the_same_worker_with_its_current_expiry() -> None:
     w = worker("i-9", public_ip=None, private_ip="10.0.0.9", lease_expiry=NOW + 60)
-    reply = assign.repeated_claim_reply("r-1", {"status": "assigned", "instance_id": "i-9"},
+    reply = replies.repeated_claim_reply("r-1", {"status": "assigned", "instance_id": "i-9"},
                                         w, 8080)
     assert reply.status == "assigned" and reply.worker is not None
     assert reply.worker.url == "http://10.0.0.9:8080"
     assert reply.lease_expiry == "2027-01-15T08:01:00Z"
-    again = assign.repeated_claim_reply("r-1", {"status": "unavailable", "reason": "why"},
+    again = replies.repeated_claim_reply("r-1", {"status": "unavailable", "reason": "why"},
                                         None, 8080)
     assert (again.status, again.reason, again.worker) == ("unavailable", "why", None)
 
 
 def test_a_lease_request_reusing_a_claims_id_is_rejected_not_misanswered() -> None:
-    reply = assign.repeated_lease_reply("r-1", {"status": "assigned", "instance_id": "i-1"})
+    reply = replies.repeated_lease_reply("r-1", {"status": "assigned", "instance_id": "i-1"})
     assert reply.status == "rejected" and "request_id" in (reply.reason or "")

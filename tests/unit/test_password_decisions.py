@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from agent.commands import updated_config
-from dispatcher import assign
+from dispatcher import replies
 from dispatcher.passwords import code_server_hash, new_password
 from shared.errors import InvalidMessage
 from shared.messages import ClaimReply, SetPassword, WorkerInfo, decode, now_sent_at
@@ -97,17 +97,17 @@ def test_a_commands_repr_never_shows_the_hash() -> None:
 def _assigned() -> ClaimReply:
     w = Worker(instance_id="i-1", status="leased", last_heartbeat=0.0, lease_expiry=100.0,
                public_ip="3.1.2.3")
-    return assign.assigned_reply("r-1", w, 8080)
+    return replies.assigned_reply("r-1", w, 8080)
 
 
 def test_the_first_reply_carries_the_password_and_a_repeat_says_why_it_does_not() -> None:
-    first = assign.with_password(_assigned(), "s3cret")
+    first = replies.with_password(_assigned(), "s3cret")
     assert first.worker is not None and first.worker.password == "s3cret"
     assert first.reason is None
-    assert assign.password_note(first) == first
-    repeat = assign.password_note(_assigned())
+    assert replies.password_note(first) == first
+    repeat = replies.password_note(_assigned())
     assert repeat.worker is not None and repeat.worker.password is None
-    assert repeat.reason == assign.PASSWORD_SENT_ONCE
+    assert repeat.reason == replies.PASSWORD_SENT_ONCE
 
 
 @pytest.mark.parametrize("reply", [
@@ -115,7 +115,7 @@ def test_the_first_reply_carries_the_password_and_a_repeat_says_why_it_does_not(
     ClaimReply(request_id="r-1", status="rejected", reason="request_id: bad"),
 ])
 def test_only_assigned_replies_get_the_password_note(reply: ClaimReply) -> None:
-    assert assign.password_note(reply) == reply
+    assert replies.password_note(reply) == reply
 
 
 def test_worker_info_without_a_password_still_says_null() -> None:

@@ -6,8 +6,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from scaler.observe import Arriving, WaitingBook, arriving, booting, launch_status, protection_plan
-from scaler.policy import AsgView, Counts, LastScale, decide, missing_workers
+from scaler.policy import (
+    Arriving,
+    AsgView,
+    Counts,
+    LastScale,
+    WaitingBook,
+    arriving,
+    booting,
+    decide,
+    launch_status,
+    missing_workers,
+    protection_plan,
+)
 from shared.state import Activity, AsgInstance, AsgState, Worker
 
 NOW = 1_800_000_000.0

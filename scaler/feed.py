@@ -1,0 +1,53 @@
+"""Dispatcher events (``workerpool.scaling``) for the active scaler only.
+
+The consumer runs on its own thread and exists only while this replica is active: it is
+started when it becomes active and stopped when it stops being active. A standby therefore
+takes no events at all (they stay in the queue for the active one). The consumer only
+decodes, hands the event to the loop's thread through a queue, and acks: an event is a hint,
+and a lost one costs at most RECONCILE_INTERVAL, since the scaler reconciles on its own.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from shared import topology
+from shared.broker import Consumer, Delivery
+from shared.messages import LeasedEvent, ScalingEvent, ShortageEvent, decode
+
+#: How often the feed's consumer looks at its connection.
+TICK_SECONDS = 0.05
+
+
+class EventFeed:
+    """The consumer of workerpool.scaling, on its own thread, for as long as we are active."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.inbox: queue.SimpleQueue[ShortageEvent | LeasedEvent] = queue.SimpleQueue()
+        self.consumer = Consumer(url, name, prefetch=1000, tick=TICK_SECONDS)
+        self.consumer.subscribe(topology.SCALING, self._on_event)
+        self._thread = threading.Thread(target=self.consumer.run, name="scaling-events",
+                                        daemon=True)
+        self._thread.start()
+
+    def _on_event(self, delivery: Delivery) -> None:
+        event = decode(ScalingEvent, delivery.body)  # InvalidMessage → dead-letter
+        self.inbox.put(event)
+        delivery.ack()
+
+    @property
+    def connected(self) -> bool:
+        return self.consumer.connected.is_set()
+
+    def drain(self) -> list[ShortageEvent | LeasedEvent]:
+        out = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self) -> None:
+        self.consumer.stop()
+        self._thread.join(6)

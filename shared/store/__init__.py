@@ -1,0 +1,58 @@
+"""The DynamoDB layer over the table of PROTOCOL §5, by kind of item.
+
+``Store`` holds one client and one ``Table`` (its single, retried requests) and offers the
+items by kind: ``workers`` (register, heartbeat, find free, status changes), ``leases``
+(lease, renew, release, expire, undo, the per-user sets), ``requests`` (remembered
+outcomes) and ``locks`` (one active replica). ``schema`` says what the table looks like.
+This package and shared.asg are the only ones that import boto3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.aws import client, translate
+from shared.config import Settings
+from shared.store.leases import Leases, RequestSeen, UserAtLimit
+from shared.store.locks import Locks
+from shared.store.requests import Requests
+from shared.store.schema import create_table
+from shared.store.table import Table
+from shared.store.workers import Workers
+
+__all__ = ["Leases", "Locks", "RequestSeen", "Requests", "Store", "UserAtLimit", "Workers"]
+
+
+class Store:
+    """The table's items by kind. Thread-safe (boto3 clients are)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Store:
+        return cls(table=settings.table_name, region=settings.aws_region,
+                   endpoint_url=settings.aws_endpoint_url, **kwargs)
+
+    def __init__(self, *, table: str, region: str, endpoint_url: str | None = None,
+                 dynamodb: Any = None) -> None:
+        self.db = dynamodb or client("dynamodb", region=region, endpoint_url=endpoint_url)
+        self.table = Table(name=table, dynamodb=self.db)
+        self.workers = Workers(self.table)
+        self.requests = Requests(self.table)
+        self.leases = Leases(self.table, self.requests)
+        self.locks = Locks(self.table)
+        self._region, self._endpoint = region, endpoint_url
+        self._ping_client: Any = dynamodb
+
+    def create_table(self) -> bool:
+        """Create the table and its indexes if absent (idempotent). True if created."""
+        return create_table(self.db, self.table.name)
+
+    def ping(self) -> None:
+        """One quick DescribeTable for /health: no retries, short timeouts, so a health
+        check answers in about a second even when AWS does not."""
+        if self._ping_client is None:
+            self._ping_client = client("dynamodb", region=self._region,
+                                       endpoint_url=self._endpoint, quick=True)
+        try:
+            self._ping_client.describe_table(TableName=self.table.name)
+        except Exception as exc:
+            raise translate(exc) from exc
