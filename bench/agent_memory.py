@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.fakes import FakeCodeServer, FakeImds  # noqa: E402
-from agent.tap import AgentsTap  # noqa: E402
+from sim.fakes import FakeCodeServer, FakeImds  # noqa: E402
+from sim.tap import AgentsTap  # noqa: E402
 
 
 def status_kb(pid: int) -> dict[str, int]:

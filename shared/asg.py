@@ -84,8 +84,8 @@ class Asg:
                 InstanceId=instance_id, ShouldDecrementDesiredCapacity=decrement)
             return True
         except (StopIteration, ResponseParserError):
-            # moto 5.2's answer for an instance no longer in the group (in-process: a raw
-            # StopIteration; through its server: an HTML 500). AWS says ValidationError.
+            # an emulator's answer for an instance no longer in the group; AWS says
+            # ValidationError (docs/emulators.md)
             if instance_id not in {i.instance_id for i in self.describe().instances}:
                 return False
             raise AwsError("TerminateFailed", f"could not terminate {instance_id}") from None
@@ -124,7 +124,7 @@ class Asg:
                 "instance_type": inst.get("InstanceType"),
                 "availability_zone": inst.get("Placement", {}).get("AvailabilityZone")}
 
-    # --- bootstrap (local pools against moto) -----------------------------------------
+    # --- bootstrap (local pools against an emulator) ----------------------------------
     @aws_call
     def ensure_group(self, *, launch_template: str, ami_id: str, instance_type: str,
                      max_size: int, user_data: str = "") -> bool:

@@ -1,5 +1,6 @@
-"""``workerpool bootstrap``: the table with its indexes and, against a mock endpoint (moto),
-the launch template and the ASG (min 0, desired 0, max ASG_MAX_SIZE). Idempotent."""
+"""``workerpool bootstrap``: the table with its indexes and, against an emulator
+(AWS_ENDPOINT_URL set), the launch template and the ASG (min 0, desired 0, max
+ASG_MAX_SIZE). Idempotent."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The ``workerpool`` command (PROTOCOL §1): bootstrap, dev, and the client verbs."""
+"""The ``workerpool`` command (PROTOCOL §1): bootstrap, dev, and the client verbs.
+
+``dev`` (the whole pool on one machine) comes from the ``sim`` package and needs the
+``[local]`` extra; without it the subcommand only says how to get it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ EXIT_UNREACHABLE = 3  # broker or AWS does not answer
 EXIT_TIMEOUT = 4  # no reply in time
 
 Command = Callable[[argparse.Namespace], int]
+
+LOCAL_EXTRA_MISSING = ("the local pool needs the [local] extra: pip install -e '.[local]' "
+                       "(or ./scripts/dev, which installs it)")
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -44,31 +51,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("bootstrap", help="create the table (and, against moto, the ASG)")
+    p = sub.add_parser("bootstrap",
+                       help="create the table (and, against an emulator, the ASG)")
     p.add_argument("--no-broker", action="store_true", help="do not declare the broker topology")
     p.set_defaults(func=_cmd_bootstrap)
 
     p = sub.add_parser("definitions", help="print the RabbitMQ definitions of our queues")
     p.set_defaults(func=_cmd_definitions)
 
-    try:  # the client verbs and `dev` live in their own module
+    try:  # the client verbs live in their own module
         from shared import client_cli
 
         client_cli.add_commands(sub)
     except ImportError:
         pass
-    try:
-        from shared import dev
-
-        dev.add_command(sub)
-    except ImportError:
-        pass
+    _add_dev(sub)
     return parser
+
+
+def _cmd_dev_unavailable(args: argparse.Namespace) -> int:
+    print(f"workerpool dev: {LOCAL_EXTRA_MISSING}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dev`` from the sim package when the [local] extra is installed, else a stub."""
+    try:
+        from sim import dev
+    except ModuleNotFoundError:
+        pass
+    else:
+        if dev.can_run():
+            dev.add_command(sub)
+            return
+    p = sub.add_parser("dev", help="run the whole pool locally (needs the [local] extra)",
+                       add_help=False)
+    p.set_defaults(func=_cmd_dev_unavailable)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _cmd_dev_unavailable:  # that one takes any arguments
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -43,7 +43,8 @@ def amqp_url() -> str:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """One moto server for the whole session, answering one request at a time (see
-    shared/motoserver.py for why: moto's DynamoDB is not atomic under concurrency).
+    sim/motoserver.py and docs/emulators.md for why: moto's DynamoDB is not atomic under
+    concurrency).
     WORKERPOOL_TEST_MOTO=threaded runs moto's own ThreadedMotoServer instead, to see how the
     pool fares on the stock server."""
     if os.environ.get("WORKERPOOL_TEST_MOTO") == "threaded":
@@ -57,7 +58,7 @@ def moto_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
         stock.stop()
         return
-    from shared.motoserver import SerializedMotoServer
+    from sim.motoserver import SerializedMotoServer
 
     server = SerializedMotoServer().start()
     yield server.endpoint

@@ -49,7 +49,7 @@ class BurstPool:
         full = env_for(self.settings, **{**TIMINGS, **env})
         self.scaler = Proc("scaler", full)
         self.procs = [Proc("dispatcher", full), self.scaler, Proc("reaper", full),
-                      Proc("agent.fleet", full, "fleet")]
+                      Proc("sim.fleet", full, "fleet")]
         for p in self.procs:
             p.wait_ready(30)
         self.rpc = RpcClient(amqp_url, "cli@bursts")

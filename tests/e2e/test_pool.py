@@ -49,7 +49,7 @@ class Pool:
         self.asg = Asg.from_settings(settings)
         env = env_for(settings, WORKERPOOL_RECORD_AWS_CALLS=str(record), **TIMINGS)
         self.procs = [Proc("dispatcher", env, "dispatcher-1"), Proc("dispatcher", env, "dispatcher-2"),
-                      Proc("scaler", env), Proc("reaper", env), Proc("agent.fleet", env, "fleet")]
+                      Proc("scaler", env), Proc("reaper", env), Proc("sim.fleet", env, "fleet")]
         for p in self.procs:
             p.wait_ready(30)
         self.fleet_control = int(self.procs[-1].wait_ready()["control_port"])

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.fakes import FakeImds
 from agent.imds import Imds, ImdsBadAnswer, ImdsUnavailable
 from shared.clock import FakeClock
+from sim.fakes import FakeImds
 from tests.helpers import ROOT
 
 
@@ -63,10 +63,10 @@ def test_garbage_for_instance_id_is_a_bad_answer(imds: FakeImds) -> None:
         Imds(endpoint=imds.url).identity()
 
 
-def test_the_agent_imports_neither_boto3_nor_moto_nor_requests() -> None:
+def test_the_agent_imports_neither_boto3_nor_moto_nor_requests_nor_the_simulator() -> None:
     code = ("import sys, agent.__main__, agent.loop, agent.imds; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'boto3', 'botocore', 'moto', 'requests', 'urllib3'}))")
+            "{'boto3', 'botocore', 'moto', 'requests', 'urllib3', 'sim'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=30, check=True).stdout.strip()
     assert out == "[]"

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from agent import AGENT_VERSION
-from agent.fakes import FakeCodeServer, FakeImds
-from agent.tap import AgentsTap
+from sim.fakes import FakeCodeServer, FakeImds
+from sim.tap import AgentsTap
 from tests.helpers import Proc, unique, wait_for
 from tests.proxy import CuttableProxy
 
@@ -38,7 +38,7 @@ def tap(clean_queues: str) -> Iterator[AgentsTap]:
 @pytest.fixture
 def imds() -> Iterator[FakeImds]:
     with FakeImds(instance_id=new_instance_id(), private_ip="10.0.1.5",
-                  public_ip="3.1.2.3") as fake:
+                  public_ip="203.0.113.7") as fake:
         yield fake
 
 
@@ -87,7 +87,7 @@ def test_the_registration_is_exactly_what_protocol_section_4_says(running: Any) 
                           "availability_zone", "agent_version", "sent_at"]
     assert body["type"] == "register"
     assert body["instance_id"] == imds.instance_id
-    assert body["private_ip"] == "10.0.1.5" and body["public_ip"] == "3.1.2.3"
+    assert body["private_ip"] == "10.0.1.5" and body["public_ip"] == "203.0.113.7"
     assert body["instance_type"] == "t3.medium"
     assert body["availability_zone"] == "us-east-1a"
     assert body["agent_version"] == AGENT_VERSION

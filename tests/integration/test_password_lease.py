@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.fakes import FakeCodeServer, FakeImds
 from dispatcher.replies import PASSWORD_NOT_CONFIRMED, PASSWORD_SENT_ONCE
 from shared import topology
 from shared.config import Settings
+from sim.fakes import FakeCodeServer, FakeImds
 from tests.helpers import Proc, wait_for
 from tests.integration.test_dispatcher_support import (
     Client,
@@ -40,7 +40,7 @@ class Vm:
         config.write_text("bind-addr: 0.0.0.0:8080\nauth: password\npassword: from-the-ami\n"
                           "cert: false\n")
         self.imds = FakeImds(instance_id=instance_id, private_ip=f"10.0.9.{k}",
-                             public_ip=f"3.0.9.{k}").start()
+                             public_ip=f"198.51.100.{k + 1}").start()
         self.code_server = FakeCodeServer(config_path=config).start()
         self.agent = Proc("agent", {
             "AMQP_URL": settings.amqp_url, "HEALTH_PORT": "0", "HEARTBEAT_INTERVAL": "0.5",

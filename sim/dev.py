@@ -1,14 +1,16 @@
 """``workerpool dev``: the whole pool on one machine.
 
-The broker at AMQP_URL (localhost by default), an embedded moto server as AWS, then
-bootstrap, dispatchers, scaler, reaper and the simulated fleet as child processes. Their
-JSON log lines are merged, prefixed and shortened; a line per process says when it is
-ready; Ctrl-C stops everything (SIGTERM, then SIGKILL after 12 s).
+The broker at AMQP_URL (localhost by default), an embedded moto server as AWS
+(sim/motoserver.py), then bootstrap, dispatchers, scaler, reaper and the simulated fleet
+(sim/fleet.py) as child processes. Their JSON log lines are merged, prefixed and shortened;
+a line per process says when it is ready; Ctrl-C stops everything (SIGTERM, then SIGKILL
+after 12 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import selectors
@@ -165,12 +167,8 @@ def _management_url() -> str | None:
         return None
 
 
-def run(args: argparse.Namespace) -> int:
-    from shared import topology
-    from shared.bootstrap import bootstrap
-    from shared.broker import purge
-    from shared.config import parse_settings, redact_url
-
+def _environment(args: argparse.Namespace) -> dict[str, str]:
+    """Ours, with the local pool's timings and credentials where the user set none."""
     env = {**os.environ}
     for key, value in DEV_DEFAULTS.items():
         env.setdefault(key, value)
@@ -183,74 +181,104 @@ def run(args: argparse.Namespace) -> int:
         env["ASG_MAX_SIZE"] = str(args.max)
     env["HEALTH_PORT"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
+    return env
 
-    amqp_url = env.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
-    problem = _broker_answers(amqp_url)
-    if problem:
-        print(f"workerpool dev: RabbitMQ does not answer at {redact_url(amqp_url)}; start one "
-              "with `rabbitmq-server -detached` (or set AMQP_URL)", file=sys.stderr)
-        return 3
 
-    from shared.motoserver import SerializedMotoServer
+def _prepare(dev: Dev, env: dict[str, str], amqp_url: str) -> None:
+    """Empty queues (unless kept), then the table, the ASG and the broker's topology."""
+    from shared import topology
+    from shared.bootstrap import bootstrap
+    from shared.broker import purge
+    from shared.config import parse_settings
 
-    moto = SerializedMotoServer(port=_free_port(args.moto_port)).start()
-    endpoint = moto.endpoint
-    env["AWS_ENDPOINT_URL"] = endpoint
-    # this moto answers one request at a time, so its conditional writes are atomic
-    env.setdefault("LEASE_RECHECK_SECONDS", "0")
-
-    dev = Dev(args)
     os.environ.update(env)  # this launcher's own settings are the children's
     settings = parse_settings()
-    dev.say(f"moto (AWS) at {endpoint}; broker at {redact_url(amqp_url)}")
-    if not args.keep_queues:
+    if not dev.args.keep_queues:
         purge(amqp_url, "dev", [q.name for q in topology.QUEUES])
     bootstrap(settings)
     dev.say(f"bootstrapped table {settings.table_name} and ASG {settings.asg_name} "
             f"(max {settings.asg_max_size}); target {settings.target_available} free workers")
 
+
+def _start_processes(dev: Dev, env: dict[str, str]) -> None:
     py = sys.executable
-    for k in range(args.dispatchers):
+    for k in range(dev.args.dispatchers):
         dev.start(f"dispatcher-{k + 1}", [py, "-m", "dispatcher"], env)
     dev.start("scaler", [py, "-m", "scaler"], env)
     dev.start("reaper", [py, "-m", "reaper"], env)
-    dev.start("fleet", [py, "-m", "agent.fleet"], env)
+    dev.start("fleet", [py, "-m", "sim.fleet"], env)
+
+
+def _announce(dev: Dev, endpoint: str) -> None:
+    ports = ", ".join(f"{c.name} :{c.health_port}" for c in dev.children)
+    dev.say("the pool is up.")
+    ui = _management_url() or "not enabled (rabbitmq-plugins enable rabbitmq_management)"
+    dev.say(f"  RabbitMQ management UI: {ui}")
+    dev.say(f"  AWS (moto): {endpoint}")
+    dev.say(f"  health/metrics ports: {ports}")
+    dev.say("  in another terminal:")
+    dev.say("    workerpool claim --user alice")
+    dev.say(f"    AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing "
+            "AWS_SECRET_ACCESS_KEY=testing workerpool status --watch")
+    dev.say("  Ctrl-C stops everything.")
+
+
+def _supervise(dev: Dev, endpoint: str) -> int:
+    """Show the children's lines until Ctrl-C (0) or until one of them exits (1)."""
 
     def on_signal(signum: int, frame: Any) -> None:
         dev.stopping = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-
     announced = False
     code = 0
+    while not dev.stopping:
+        dev.pump(0.2)
+        for c in dev.children:
+            if c.popen.poll() is not None:
+                dev.say(f"✗ {c.name} exited with status {c.popen.returncode}")
+                dev.stopping = True
+                code = 1
+        if not announced and all(c.ready for c in dev.children):
+            announced = True
+            _announce(dev, endpoint)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.config import redact_url
+    from sim.motoserver import SerializedMotoServer
+
+    env = _environment(args)
+    amqp_url = env.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+    if _broker_answers(amqp_url):
+        print(f"workerpool dev: RabbitMQ does not answer at {redact_url(amqp_url)}; start one "
+              "with `rabbitmq-server -detached` (or set AMQP_URL)", file=sys.stderr)
+        return 3
+    moto = SerializedMotoServer(port=_free_port(args.moto_port)).start()
+    env["AWS_ENDPOINT_URL"] = moto.endpoint
+    # one request at a time: its conditional writes are atomic (docs/emulators.md)
+    env.setdefault("LEASE_RECHECK_SECONDS", "0")
+    dev = Dev(args)
+    dev.say(f"moto (AWS) at {moto.endpoint}; broker at {redact_url(amqp_url)}")
     try:
-        while not dev.stopping:
-            dev.pump(0.2)
-            for c in dev.children:
-                if c.popen.poll() is not None:
-                    dev.say(f"✗ {c.name} exited with status {c.popen.returncode}")
-                    dev.stopping = True
-                    code = 1
-            if not announced and all(c.ready for c in dev.children):
-                announced = True
-                ports = ", ".join(f"{c.name} :{c.health_port}" for c in dev.children)
-                dev.say("the pool is up.")
-                ui = _management_url() or ("not enabled (rabbitmq-plugins enable "
-                                            "rabbitmq_management)")
-                dev.say(f"  RabbitMQ management UI: {ui}")
-                dev.say(f"  AWS (moto): {endpoint}")
-                dev.say(f"  health/metrics ports: {ports}")
-                dev.say("  in another terminal:")
-                dev.say("    workerpool claim --user alice")
-                dev.say(f"    AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing "
-                        "AWS_SECRET_ACCESS_KEY=testing workerpool status --watch")
-                dev.say("  Ctrl-C stops everything.")
+        _prepare(dev, env, amqp_url)
+        _start_processes(dev, env)
+        code = _supervise(dev, moto.endpoint)
     finally:
         dev.stop_all()
         moto.stop()
     dev.say("stopped.")
     return code
+
+
+def can_run() -> bool:
+    """Whether the AWS emulator is installed (the [local] extra), without importing it."""
+    try:
+        return importlib.util.find_spec("moto") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
 
 
 def add_command(sub: Any) -> None:

@@ -1,9 +1,8 @@
 """A fake IMDSv2 and a fake code-server: real HTTP servers on free local ports.
 
-Used by the tests and by the simulated fleet (agent/fleet.py). moto's own metadata endpoint
-is a fixed stub (``i-fake``, any token accepted), so it cannot tell an IMDSv1 call apart;
-``FakeImds`` answers like the real IMDS with IMDSv2 required: a GET without a valid token
-gets 401, a PUT without a TTL header gets 400.
+Used by the tests and by the simulated fleet (sim/fleet.py). ``FakeImds`` answers like the
+real IMDS with IMDSv2 required: a GET without a valid token gets 401, a PUT without a TTL
+header gets 400 (the emulator's own metadata endpoint cannot: docs/emulators.md).
 
     imds = FakeImds(instance_id="i-0abc", private_ip="10.0.1.5").start()
     imds.url          # -> AWS_EC2_METADATA_SERVICE_ENDPOINT
@@ -135,7 +134,7 @@ class FakeImds(_Server):
     """
 
     def __init__(self, *, instance_id: str, private_ip: str | None = "10.0.1.5",
-                 public_ip: str | None = "3.1.2.3", instance_type: str = "t3.medium",
+                 public_ip: str | None = "203.0.113.10", instance_type: str = "t3.medium",
                  availability_zone: str = "us-east-1a") -> None:
         super().__init__(_ImdsHandler)
         self.instance_id = instance_id

@@ -1,4 +1,4 @@
-"""``python -m agent.fleet`` against moto's ASG and the real broker: instances the ASG
+"""``python -m sim.fleet`` against moto's ASG and the real broker: instances the ASG
 launches get real agents that register; terminated ones deregister; the control API makes
 an instance hang, fail boot, or turn unhealthy."""
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.tap import AgentsTap
 from shared.asg import Asg
 from shared.config import Settings
+from sim.tap import AgentsTap
 from tests.conftest import env_for
 from tests.helpers import Proc, wait_for
 
@@ -36,8 +36,8 @@ def asg(pool: Settings) -> Asg:
 
 @pytest.fixture
 def fleet(pool: Settings) -> Iterator[Proc]:
-    proc = Proc("agent.fleet", env_for(pool, heartbeat_interval=INTERVAL,
-                                        fleet_boot_delay=0.3, fleet_fail_boot=""))
+    proc = Proc("sim.fleet", env_for(pool, heartbeat_interval=INTERVAL,
+                                      fleet_boot_delay=0.3, fleet_fail_boot=""))
     try:
         proc.wait_ready()
         yield proc

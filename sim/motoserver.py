@@ -1,13 +1,9 @@
-"""An in-process moto server (local AWS) that answers one request at a time.
+"""An in-process moto server (the local AWS) that answers one request at a time.
 
-moto's ThreadedMotoServer handles requests concurrently, but moto's DynamoDB is not atomic
-under concurrency: TransactWriteItems deep-copies the whole table and, when a condition
-fails, restores that copy, erasing what other requests wrote meanwhile; plain conditional
-writes can both pass the same condition (measured here: one worker handed to two users with
-3 dispatchers x 8 threads; 61 double passes in 400 forced-switch trials). Real DynamoDB
-does neither. Serializing requests makes each moto call atomic, as DynamoDB's are, so the
-pool (``workerpool dev``) and the tests exercise our conditional writes, not moto's races.
-Used only for local pools and tests; moto is a test dependency.
+moto's DynamoDB is not atomic under concurrent requests; one request at a time makes each
+call atomic, as DynamoDB's are, so ``workerpool dev`` and the tests exercise our conditional
+writes, not moto's races (docs/emulators.md). Local pools and tests only: the ``[local]``
+extra brings moto.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from agent.fleet import Fleet
+    from sim.fleet import Fleet
 
 VERBS = {"hang", "resume", "kill", "unhealthy", "healthy", "fail-boot"}
 _INSTANCE_VERB = re.compile(r"^/instances/(i-[A-Za-z0-9]{1,40})/([a-z-]+)$")

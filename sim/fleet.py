@@ -1,89 +1,45 @@
-"""``python -m agent.fleet``: the whole worker fleet on one machine.
+"""``python -m sim.fleet``: the whole worker fleet on one machine.
 
-Watches the ASG (moto, at AWS_ENDPOINT_URL) every ~0.5 s. For each instance that appears,
-after FLEET_BOOT_DELAY seconds, it starts a real ``python -m agent`` with its own FakeImds
-(that instance's id, and its IPs, type and zone from moto's EC2) and FakeCodeServer. When
-the instance leaves the ASG, its agent gets SIGTERM (so it deregisters, as at a shutdown).
+Watches the ASG (the emulator at AWS_ENDPOINT_URL) every ~0.5 s. For each instance that
+appears, after FLEET_BOOT_DELAY seconds, it starts a real ``python -m agent`` with its own
+FakeImds (that instance's id, and its IPs, type and zone from the emulated EC2) and
+FakeCodeServer (sim/vm.py). When the instance leaves the ASG, its agent gets SIGTERM (so it
+deregisters, as at a shutdown).
 
 The agents' JSON log lines are merged into the fleet's stderr, one JSON object per line,
 each with the ``instance_id`` of its VM and ``"vm": true``.
 
 Control API (for tests and demos) on FLEET_CONTROL_PORT (0: a free port, logged in the
-ready line as ``control_port``), see agent/fleetctl.py. FLEET_FAIL_BOOT=<n> makes the
+ready line as ``control_port``), see sim/fleetctl.py. FLEET_FAIL_BOOT=<n> makes the
 first n instances fail to boot; FLEET_FAIL_BOOT=i-a,i-b names them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from agent.fakes import FakeCodeServer, FakeImds
-from agent.fleetctl import ControlServer
-from agent.fleetplan import MemberView, State, new_instances, plan
 from shared.asg import Asg
 from shared.config import Settings
 from shared.errors import WorkerpoolError
 from shared.runtime import Runtime
+from sim.fakes import FakeCodeServer, FakeImds
+from sim.fleetctl import ControlServer
+from sim.fleetplan import new_instances, plan
+from sim.vm import SimVm, agent_env, made_up_addresses, start_agent
 
 log = logging.getLogger("workerpool.fleet")
 
 POLL_SECONDS = 0.5
 STOP_GRACE = 7.0  # SIGTERM → SIGKILL for agents when the fleet stops (fleet exits < 10 s)
-
-
-@dataclass
-class SimVm:
-    """One simulated worker VM: its fakes and its agent process."""
-
-    instance_id: str
-    first_seen: float
-    state: State = "booting"
-    imds: FakeImds | None = None
-    code_server: FakeCodeServer | None = None
-    proc: subprocess.Popen[str] | None = None
-    health_port: int | None = None
-    exit_code: int | None = None
-    exited_at: float | None = None
-    starts: int = 0
-    addresses: dict[str, Any] = field(default_factory=dict)
-
-    def view(self) -> MemberView:
-        return MemberView(self.instance_id, self.state, self.first_seen, self.exit_code,
-                          self.exited_at)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "instance_id": self.instance_id, "state": self.state,
-            "pid": self.proc.pid if self.proc else None, "health_port": self.health_port,
-            "exit_code": self.exit_code, "starts": self.starts,
-            "imds_url": self.imds.url if self.imds else None,
-            "code_server_url": self.code_server.url if self.code_server else None,
-            "code_server_healthy": self.code_server.healthy if self.code_server else None,
-            "code_server_config": (str(self.code_server.config_path)
-                                   if self.code_server else None),
-            **self.addresses,
-        }
-
-
-def made_up_addresses(instance_id: str) -> dict[str, Any]:
-    """Stable fake IPs for an instance moto cannot describe."""
-    h = zlib.crc32(instance_id.encode())
-    return {"private_ip": f"10.0.{(h >> 8) % 250 + 1}.{h % 250 + 1}",
-            "public_ip": f"3.{(h >> 16) % 250 + 1}.{(h >> 8) % 250 + 1}.{h % 250 + 1}",
-            "instance_type": "t3.medium", "availability_zone": "us-east-1a"}
 
 
 class Fleet:
@@ -147,7 +103,7 @@ class Fleet:
 
     # --- agents -----------------------------------------------------------------------
     def _addresses(self, iid: str) -> dict[str, Any]:
-        try:  # moto gives every instance IPs; use them so the pool hands out what EC2 says
+        try:  # the emulated EC2 gives every instance IPs: the pool hands out what EC2 says
             found = self.asg.instance_addresses(iid)
             return {**found, "instance_type": found["instance_type"] or "t3.medium",
                     "availability_zone": found["availability_zone"] or "us-east-1a"}
@@ -163,46 +119,10 @@ class Fleet:
             vm.code_server = FakeCodeServer(
                 config_path=self.config_dir / vm.instance_id / "config.yaml").start()
         assert vm.code_server is not None
-        env = {**os.environ,
-               "AMQP_URL": self.settings.amqp_url,
-               "HEARTBEAT_INTERVAL": repr(self.settings.heartbeat_interval),
-               "LOG_LEVEL": self.settings.log_level,
-               "HEALTH_PORT": "0",
-               "AWS_EC2_METADATA_SERVICE_ENDPOINT": vm.imds.url,
-               "CODE_SERVER_URL": vm.code_server.url,
-               # per-lease passwords land in this VM's own config file
-               "CODE_SERVER_CONFIG": str(vm.code_server.config_path),
-               "PYTHONUNBUFFERED": "1"}
-        for leak in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            env.pop(leak, None)  # a real VM's agent has no AWS credentials and needs none
-        vm.proc = subprocess.Popen([sys.executable, "-m", "agent"], env=env, text=True,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
-        vm.state, vm.exit_code, vm.exited_at, vm.health_port = "running", None, None, None
-        vm.starts += 1
-        threading.Thread(target=self._relay, args=(vm, vm.proc.stderr), daemon=True,
-                         name=f"log-{vm.instance_id}").start()
+        start_agent(vm, agent_env(self.settings, vm.imds, vm.code_server), self._out_lock)
+        assert vm.proc is not None
         log.info("agent started", extra={"instance_id": vm.instance_id, "pid": vm.proc.pid,
                                          "imds": vm.imds.url, "starts": vm.starts})
-
-    def _relay(self, vm: SimVm, stream: IO[str] | None) -> None:
-        """The agent's stderr → ours, one JSON object per line, tagged with its VM."""
-        if stream is None:
-            return
-        for line in stream:
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError
-            except ValueError:
-                obj = {"process": "agent", "msg": line.rstrip("\n")}
-            obj.setdefault("instance_id", vm.instance_id)
-            obj["vm"] = True
-            if obj.get("event") == "ready":
-                vm.health_port = obj.get("health_port")
-            with self._out_lock:
-                sys.stderr.write(json.dumps(obj, default=str) + "\n")
-                sys.stderr.flush()
 
     def _stop(self, vm: SimVm, why: str) -> None:
         proc = vm.proc
