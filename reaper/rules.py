@@ -3,7 +3,7 @@
 ``plan(snapshot, now, settings)`` reads nothing and writes nothing; it returns actions that
 ``reaper.loop`` applies with conditional writes. Every rule compares times itself: the
 index queries that fill the snapshot are only a pre-filter, and DynamoDB TTL is never a
-deadline (items linger for days after it, and moto never deletes them).
+deadline (items linger for days after it; emulators may never delete them).
 
 Rules, in the order their actions are applied:
 

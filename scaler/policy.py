@@ -114,7 +114,7 @@ def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
     missing = missing_workers(c, target)
     want = asg.desired + missing
     ok, why = _capacity(c, asg, want, target)
-    clamped = min(want, asg.max_size)  # AWS refuses desired > MaxSize (moto does not)
+    clamped = min(want, asg.max_size)  # AWS refuses desired > MaxSize (docs/emulators.md)
     base: dict[str, Any] = dict(missing=missing, want=want, capacity_ok=ok,
                                 capacity_reason=why)
     if clamped <= asg.desired:

@@ -73,7 +73,8 @@ QUICK_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_t
 
 def client(service: str, *, region: str, endpoint_url: str | None = None,
            quick: bool = False) -> Any:
-    """A boto3 client; AWS_ENDPOINT_URL (moto) is honoured when ``endpoint_url`` is given."""
+    """A boto3 client; AWS_ENDPOINT_URL (an emulator) is honoured when ``endpoint_url`` is
+    given."""
     c = boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
                      config=QUICK_CONFIG if quick else BOTO_CONFIG)
     path = os.environ.get(RECORD_ENV)

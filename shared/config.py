@@ -101,9 +101,8 @@ class Settings(BaseSettings):
     code_server_restart_command: str | None = None
     #: dispatcher: re-read each new lease after this many seconds (or twice what the lease
     #: write took, up to 2 s) and give it up if the item is no longer ours. Real DynamoDB's
-    #: conditional writes are atomic and need no re-read (0); an emulator's may not be (moto:
-    #: docs/dispatcher.md "Against an emulator"), so the default is 0.05 when
-    #: AWS_ENDPOINT_URL is set, else 0.
+    #: conditional writes are atomic and need no re-read (0); an emulator's may not be
+    #: (docs/emulators.md), so the default is 0.05 when AWS_ENDPOINT_URL is set, else 0.
     lease_recheck_seconds: float | None = Field(default=None, ge=0, le=5)
 
     @field_validator("amqp_url")

@@ -28,7 +28,8 @@ class BrokerUnavailable(TransientError):
 
 
 class AwsUnavailable(TransientError):
-    """AWS (or moto) does not answer, or throttles beyond our retries."""
+    """AWS (or the emulator at AWS_ENDPOINT_URL) does not answer, or throttles beyond our
+    retries."""
 
 
 class PermanentError(WorkerpoolError):
