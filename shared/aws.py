@@ -53,15 +53,36 @@ THROTTLING = {
 
 
 #: When set, every AWS operation a process performs is appended to this file as
-#: ``<signing-name>:<Operation>`` (the IAM least-privilege test reads it).
+#: ``<signing-name>:<Operation>``, and for a request made of items (TransactWriteItems,
+#: BatchWriteItem...) with the kinds of its items, ``[ConditionCheck,Update]``: AWS
+#: authorises each item as its own action (the IAM least-privilege test reads it).
 RECORD_ENV = "WORKERPOOL_RECORD_AWS_CALLS"
+
+#: Requests whose items AWS authorises one by one: the parameter that lists them.
+ITEMISED = {"TransactWriteItems": "TransactItems", "TransactGetItems": "TransactItems",
+            "BatchWriteItem": "RequestItems", "BatchGetItem": "RequestItems"}
+
+
+def recorded_operation(service: str, operation: str, params: dict[str, Any]) -> str:
+    """One line of the recording: the operation, and the kinds of items it carries."""
+    line = f"{service}:{operation}"
+    key = ITEMISED.get(operation)
+    if key is None:
+        return line
+    items = params.get(key) or []
+    if isinstance(items, dict):  # Batch*: table name -> requests (or keys)
+        kinds = {next(iter(r)) for reqs in items.values() for r in
+                 (reqs if isinstance(reqs, list) else [{"Get": reqs}])}
+    else:
+        kinds = {next(iter(item)) for item in items}
+    return f"{line}[{','.join(sorted(kinds))}]"
 
 
 def _recorder(path: str) -> Callable[..., None]:
-    def record(model: Any, **_: Any) -> None:
-        prefix = model.service_model.signing_name
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        line = recorded_operation(model.service_model.signing_name, model.name, params)
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"{prefix}:{model.name}\n")
+            fh.write(line + "\n")
 
     return record
 
@@ -79,7 +100,7 @@ def client(service: str, *, region: str, endpoint_url: str | None = None,
                      config=QUICK_CONFIG if quick else BOTO_CONFIG)
     path = os.environ.get(RECORD_ENV)
     if path:
-        c.meta.events.register("before-call", _recorder(path))
+        c.meta.events.register("before-parameter-build", _recorder(path))
     return c
 
 

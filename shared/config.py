@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +69,19 @@ class Settings(BaseSettings):
     health_port: int | None = Field(default=None, ge=0, le=65535)
     aws_ec2_metadata_service_endpoint: str = "http://169.254.169.254"
     code_server_url: str = "http://127.0.0.1:8080"
+    #: v2: broker users whose messages internal queues and agent commands accept (comma-
+    #: separated); unset: the user in this process's own AMQP_URL.
+    service_users: str | None = None
+    #: v2, dispatcher: PEM certificate that signs instance identity documents; set: every
+    #: registration must be attested (PROTOCOL §4).
+    identity_cert: str | None = None
+    #: v2, dispatcher: ``field`` takes user_id as written; ``broker`` requires it to equal
+    #: the AMQP user_id property (validated by RabbitMQ), except from service/gateway users.
+    client_auth: Literal["field", "broker"] = "field"
+    #: v2, dispatcher: broker users (e.g. a web portal) that may act for any user_id.
+    gateway_users: str = ""
+    #: v2, agent: where its Ed25519 key is kept (mode 0600), made on first start.
+    agent_key_file: str = Field(default="/var/lib/workerpool/agent.key", min_length=1)
 
     # --- our own (documented in README "Variables") ------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -120,6 +133,30 @@ class Settings(BaseSettings):
         del port
         return value
 
+    @field_validator("service_users", "gateway_users")
+    @classmethod
+    def _user_list(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any(c.isspace() for n in names for c in n):
+            raise ValueError("must be comma-separated broker user names")
+        return ",".join(names)
+
+    @field_validator("identity_cert")
+    @classmethod
+    def _pem_file(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        try:
+            with open(value, encoding="ascii") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read it ({exc})") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError("is not a PEM certificate file")
+        return value
+
     @field_validator("aws_ec2_metadata_service_endpoint", "code_server_url", mode="before")
     @classmethod
     def _empty_is_default(cls, value: str | None, info: object) -> str:
@@ -164,6 +201,22 @@ class Settings(BaseSettings):
         """Seconds of heartbeat silence after which a worker is dead."""
         assert self.heartbeat_timeout is not None
         return self.heartbeat_timeout
+
+    @property
+    def service_user_names(self) -> frozenset[str]:
+        """SERVICE_USERS, or the user of our own AMQP_URL (PROTOCOL §1)."""
+        if self.service_users is not None:
+            return frozenset(self.service_users.split(",")) - {""}
+        return frozenset({self.broker_user})
+
+    @property
+    def gateway_user_names(self) -> frozenset[str]:
+        return frozenset(self.gateway_users.split(",")) - {""}
+
+    @property
+    def broker_user(self) -> str:
+        """The broker user of AMQP_URL (``guest`` when the URL names none, as pika does)."""
+        return unquote(urlsplit(self.amqp_url).username or "guest")
 
     def port_for(self, process: str) -> int:
         return self.health_port if self.health_port is not None else DEFAULT_HEALTH_PORTS[process]

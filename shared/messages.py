@@ -1,19 +1,22 @@
 """Every message and reply of PROTOCOL §3–4 (and our internal events), as frozen models.
 
 ``decode(kind, body)`` is the one way in: raw bytes → a model, or ``InvalidMessage`` whose
-reason names the field. Models are strict: unknown fields, wrong types ("3600" for 3600)
-and out-of-range values are errors. Replies always carry every field (``null``, never
-omitted).
+reason names the field. Liberal in what is accepted across versions, strict in what is acted
+on: a field this version does not know is ignored (``unknown_fields`` names them, for a
+metric), so that a newer agent or client works with an older dispatcher; a missing required
+field, a wrong type ("3600" for 3600), an out-of-range value or an address that is not an IP
+address is an error. Replies always carry every field (``null``, never omitted).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from shared.clock import utcnow_iso
 from shared.errors import InvalidMessage
@@ -27,15 +30,30 @@ UserId = Annotated[str, Field(pattern=USER_ID)]
 InstanceId = Annotated[str, Field(pattern=INSTANCE_ID)]
 LeaseSeconds = Annotated[int, Field(ge=10, le=86400)]
 WaitSeconds = Annotated[int, Field(ge=0, le=900)]
-Ip = Annotated[str, Field(min_length=1, max_length=64)]
 ShortText = Annotated[str, Field(max_length=256)]
 
 
+def _ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address, in its canonical text form."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IP address") from None
+
+
+Ip = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_ip_address)]
+
+
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
+
+
+def unknown_fields(message: BaseModel) -> tuple[str, ...]:
+    """The fields of a decoded message that this version does not know (ignored)."""
+    return tuple(sorted(message.model_extra or ()))
 
 
 # --- §3 client requests ------------------------------------------------------------------
@@ -94,6 +112,12 @@ class LeaseReply(Message):
 
 
 # --- §4 agent messages -------------------------------------------------------------------
+#: base64 of a raw 32-byte Ed25519 public key.
+AGENT_KEY = r"^[A-Za-z0-9+/]{43}=$"
+#: SHA-256 of a certificate, hex (colons allowed, as openssl prints it).
+FINGERPRINT = r"^([0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$"
+
+
 class Register(Message):
     type: Literal["register"]
     instance_id: InstanceId
@@ -103,6 +127,12 @@ class Register(Message):
     availability_zone: ShortText | None = None
     agent_version: ShortText | None = None
     sent_at: datetime | None = None
+    # v2 (§4): attestation and the agent's key
+    identity_document: Annotated[str, Field(max_length=8192)] | None = None
+    identity_signature: Annotated[str, Field(max_length=4096)] | None = None
+    agent_key: Annotated[str, Field(pattern=AGENT_KEY)] | None = None
+    # v2: the SHA-256 fingerprint of code-server's TLS certificate on the VM
+    tls_fingerprint: Annotated[str, Field(pattern=FINGERPRINT)] | None = None
 
 
 class Heartbeat(Message):
@@ -228,8 +258,6 @@ def _reason(exc: ValidationError) -> str:
             parts.append(f"{field}: must be one of {expected}".replace("'", ""))
         elif err["type"] == "union_tag_not_found":
             parts.append("type: field required")
-        elif err["type"] == "extra_forbidden":
-            parts.append(f"{field}: unknown field")
         elif err["type"] == "missing":
             parts.append(f"{field}: field required")
         elif err["type"] == "json_invalid":

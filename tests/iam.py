@@ -2,8 +2,9 @@
 orchestrator's policy in the CloudFormation template, and does that policy allow nothing else?
 
 Recordings come from ``WORKERPOOL_RECORD_AWS_CALLS=<file>`` (shared/aws.py appends one
-``<signing-name>:<Operation>`` line per call). ``check(read_recording(path), policy())``
-answers both directions; the integration test and the end-to-end run both use it.
+``<signing-name>:<Operation>`` line per call, with ``[<item kinds>]`` for requests made of
+items). ``check(read_recording(path), policy())`` answers both directions; the integration
+test and the end-to-end run both use it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ TEMPLATE = ROOT / "deploy" / "cloudformation" / "workerpool.yaml"
 ROLE = "OrchestratorRole"
 POLICY_NAME = "workerpool-services"
 
-#: Operations whose IAM actions are not ``service:Operation``. TransactWriteItems is no IAM
-#: action: AWS authorises each item as its own action, and our store's transactions contain
-#: only Update and Put items (shared/store.py Store.lease).
-IAM_ACTIONS: dict[str, tuple[str, ...]] = {
-    "dynamodb:TransactWriteItems": ("dynamodb:UpdateItem", "dynamodb:PutItem"),
-}
+#: The IAM action of each kind of item, per AWS's Service Authorization Reference for
+#: DynamoDB: TransactWriteItems and TransactGetItems are no IAM actions of their own, AWS
+#: authorises each item as its action (so a ConditionCheck item needs
+#: dynamodb:ConditionCheckItem); BatchWriteItem and BatchGetItem are actions, and we also
+#: require the action of each of their items.
+ITEM_ACTIONS = {"Update": "UpdateItem", "Put": "PutItem", "Delete": "DeleteItem",
+                "ConditionCheck": "ConditionCheckItem", "Get": "GetItem",
+                "PutRequest": "PutItem", "DeleteRequest": "DeleteItem"}
+NO_ACTION_OF_THEIR_OWN = {"dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"}
 
 #: Operations that never run against real AWS, so the services' policy must not grant them:
 #: on AWS the stack creates the table (bootstrap then only calls DescribeTable) and the ASG;
@@ -101,8 +105,18 @@ def allowed(action: str, statements: Iterable[dict[str, Any]]) -> bool:
 
 
 def actions_for(operation: str) -> tuple[str, ...]:
-    """The IAM actions AWS checks for one recorded operation."""
-    return IAM_ACTIONS.get(operation, (operation,))
+    """The IAM actions AWS checks for one recorded operation, derived from its content:
+    ``dynamodb:TransactWriteItems[ConditionCheck,Update]`` needs ConditionCheckItem and
+    UpdateItem. A transaction recorded without its items cannot be judged: it needs every
+    item action."""
+    name, _, rest = operation.partition("[")
+    service = name.split(":", 1)[0]
+    if name not in NO_ACTION_OF_THEIR_OWN and not rest:
+        return (name,)
+    kinds = rest.rstrip("]").split(",") if rest else sorted(
+        k for k in ITEM_ACTIONS if not k.endswith("Request"))
+    items = tuple(sorted({f"{service}:{ITEM_ACTIONS[k]}" for k in kinds if k}))
+    return items if name in NO_ACTION_OF_THEIR_OWN else (name, *items)
 
 
 def read_recording(path: str | Path) -> set[str]:

@@ -24,14 +24,15 @@ def exercise_store(store: Store) -> None:
     ids = [f"i-{k:017x}" for k in range(1, 5)]
     store.workers.track_booting(ids[0], now=now)
     for k, iid in enumerate(ids):
-        store.workers.register(iid, now=now + k * 0.01, private_ip=f"10.0.0.{k + 1}", public_ip=None)
+        store.workers.register(iid, now=now + k * 0.01, private_ip=f"10.0.0.{k + 1}",
+                               public_ip=None)
     store.workers.heartbeat(ids[0], healthy=True, now=now + 1)
     free = store.workers.find_free()
     store.workers.count("free", healthy_only=True)
     worker = store.workers.get(free[0].instance_id)
     assert worker is not None
     store.leases.grant(worker, user_id="alice", request_id="r1", lease_seconds=60, now=now,
-                max_leases=1, remember_seconds=86400)
+                       max_leases=1, remember_seconds=86400)
     store.requests.recall("alice", "r1")
     store.leases.held_by("alice")
     store.leases.renew(worker.instance_id, user_id="alice", lease_seconds=120, now=now + 2)
@@ -45,7 +46,8 @@ def exercise_store(store: Store) -> None:
     store.workers.drain_free(again, now=now + 5, reason="surplus")
     store.workers.confirm_recyclable(again.instance_id, now=now + 6)
     store.workers.remove(again.instance_id, only_if_status=("draining",))
-    store.requests.remember("bob", "r9", {"status": "unavailable"}, now=now, remember_seconds=86400)
+    store.requests.remember("bob", "r9", {"status": "unavailable"}, now=now,
+                            remember_seconds=86400)
     store.locks.acquire("scaler", owner="me", ttl=5, now=now)
     store.locks.release("scaler", owner="me")
     store.workers.all()  # the reaper's orphan sweep
@@ -94,7 +96,9 @@ def test_the_policy_grants_nothing_the_services_never_call(recorded: set[str]) -
 
 
 def test_the_recording_covers_both_services_and_the_transaction(recorded: set[str]) -> None:
-    assert {"dynamodb:TransactWriteItems", "dynamodb:Query", "dynamodb:Scan",
+    assert {"dynamodb:TransactWriteItems[ConditionCheck,Update]",  # a registration
+            "dynamodb:TransactWriteItems[Put,Update]",  # a lease
+            "dynamodb:Query", "dynamodb:Scan",
             "autoscaling:SetDesiredCapacity",
             "autoscaling:TerminateInstanceInAutoScalingGroup"} <= recorded
     assert "dynamodb:CreateTable" not in recorded  # the table existed: bootstrap only looked

@@ -32,13 +32,42 @@ def test_check_reports_operations_not_allowed_and_grants_never_used() -> None:
     assert never_used == {"dynamodb:PutItem", "dynamodb:UpdateItem", "autoscaling:Describe*"}
 
 
+@pytest.mark.parametrize(("operation", "actions"), [
+    ("dynamodb:GetItem", ("dynamodb:GetItem",)),
+    ("dynamodb:TransactWriteItems[Put,Update]", ("dynamodb:PutItem", "dynamodb:UpdateItem")),
+    ("dynamodb:TransactWriteItems[ConditionCheck,Update]",
+     ("dynamodb:ConditionCheckItem", "dynamodb:UpdateItem")),
+    ("dynamodb:TransactWriteItems", ("dynamodb:ConditionCheckItem", "dynamodb:DeleteItem",
+                                     "dynamodb:GetItem", "dynamodb:PutItem",
+                                     "dynamodb:UpdateItem")),  # items unknown: all of them
+    ("dynamodb:BatchWriteItem[DeleteRequest,PutRequest]",
+     ("dynamodb:BatchWriteItem", "dynamodb:DeleteItem", "dynamodb:PutItem")),
+])
+def test_the_actions_a_request_needs_come_from_its_items(operation: str,
+                                                          actions: tuple[str, ...]) -> None:
+    assert iam.actions_for(operation) == actions
+
+
 def test_a_transaction_needs_the_actions_of_its_items() -> None:
-    not_allowed, never_used = iam.check({"dynamodb:TransactWriteItems"}, POLICY[:1])
+    not_allowed, never_used = iam.check({"dynamodb:TransactWriteItems[Put,Update]"},
+                                        POLICY[:1])
     assert not_allowed == set()
     assert never_used == {"dynamodb:GetItem"}
-    assert iam.check({"dynamodb:TransactWriteItems"},
-                     [{"Effect": "Allow", "Action": "dynamodb:UpdateItem"}])[0] == {
-        "dynamodb:TransactWriteItems"}
+    # the registration's tombstone check: without ConditionCheckItem, AWS says AccessDenied
+    assert iam.check({"dynamodb:TransactWriteItems[ConditionCheck,Update]"}, POLICY[:1])[0] == {
+        "dynamodb:TransactWriteItems[ConditionCheck,Update]"}
+
+
+def test_the_recorder_writes_the_kinds_of_items_of_a_transaction() -> None:
+    from shared.aws import recorded_operation
+
+    params = {"TransactItems": [{"Update": {}}, {"ConditionCheck": {}}, {"Update": {}}]}
+    assert recorded_operation("dynamodb", "TransactWriteItems", params) == (
+        "dynamodb:TransactWriteItems[ConditionCheck,Update]")
+    batch = {"RequestItems": {"t": [{"PutRequest": {}}, {"DeleteRequest": {}}]}}
+    assert recorded_operation("dynamodb", "BatchWriteItem", batch) == (
+        "dynamodb:BatchWriteItem[DeleteRequest,PutRequest]")
+    assert recorded_operation("dynamodb", "GetItem", {"Key": {}}) == "dynamodb:GetItem"
 
 
 def test_operations_that_only_run_against_moto_are_ignored() -> None:
