@@ -55,6 +55,7 @@ from shared.messages import (
     now_sent_at,
 )
 from shared.store import Store
+from shared.ticker import Ticker
 
 log = logging.getLogger("workerpool.dispatcher")
 
@@ -90,6 +91,8 @@ class Dispatcher:
         self._singletons: set[str] = set()  # periodic jobs running now (never two at once)
         self._last_shortage: assign.ShortageSent | None = None
         self._aws_checked: tuple[float, bool, str] = (0.0, False, "not checked yet")
+        # periodic jobs on a thread of their own: they go on while the consumer reconnects
+        self.ticker = Ticker("dispatcher-ticker")
 
     # --- wiring --------------------------------------------------------------------------
     def attach(self) -> None:
@@ -99,15 +102,19 @@ class Dispatcher:
         c.subscribe(topology.AGENTS, self.on_agent)
         c.subscribe(topology.WAITING, self.on_waiting)
         c.subscribe_fanout(topology.CAPACITY_EXCHANGE, self.on_capacity)
-        c.every(self.s.wait_poll_interval, lambda: self._singleton("serve", self.waiting.serve))
-        c.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
+        t = self.ticker
+        t.every(self.s.wait_poll_interval, lambda: self._singleton("serve", self.waiting.serve))
+        t.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
         c.on_connect(self.waiting.reset)
+        c.on_disconnect(self.waiting.reset)  # the ticker must not serve claims of a dead channel
 
     def run(self) -> None:
         """Consume until stopped; then let running jobs finish and drop the queued ones."""
+        self.ticker.start()
         try:
             self.consumer.run(idle=self.idle)
         finally:
+            self.ticker.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def idle(self) -> bool:

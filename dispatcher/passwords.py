@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from shared.broker import Broker, Delivery
 from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
-from shared.ownqueue import command_queue
+from shared.queues import command_queue
 
 log = logging.getLogger("workerpool.dispatcher")
 
