@@ -4,7 +4,8 @@ Following pika's examples/direct_reply_to.py: consume ``amq.rabbitmq.reply-to`` 
 as the broker requires) on the same channel before publishing any request. Unlike
 rabbitmq-tutorials' rpc_client.py, every wait has a deadline. Requests go out without
 publisher confirms (the reply is the confirmation; a client that gets none retries or gives
-up), through the same ``publish_on`` as every other message.
+up), through the same ``publish_on`` as every other message; a lost connection is
+``BrokerUnavailable`` whether it shows on a send or while waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from shared.broker.connection import CONNECTION_ERRORS, DIRECT_REPLY_TO, connect
 from shared.broker.publisher import properties, publish_on
+from shared.errors import BrokerUnavailable
 
 
 class RpcClient:
@@ -44,11 +46,17 @@ class RpcClient:
 
     def wait(self, correlation_ids: Iterable[str], timeout: float,
              on_tick: Callable[[], None] | None = None) -> dict[str, bytes]:
-        """Replies for these ids that arrive within ``timeout`` (the rest are missing)."""
+        """Replies for these ids that arrive within ``timeout`` (the rest are missing).
+        ``BrokerUnavailable`` if the connection is lost meanwhile (its replies with it)."""
         wanted = set(correlation_ids)
         deadline = time.monotonic() + timeout
         while wanted - self._replies.keys() and time.monotonic() < deadline:
-            self._conn.process_data_events(time_limit=min(0.1, deadline - time.monotonic()))
+            try:
+                self._conn.process_data_events(
+                    time_limit=min(0.1, deadline - time.monotonic()))
+            except CONNECTION_ERRORS as exc:
+                lost = BrokerUnavailable(f"lost the connection awaiting replies: {exc!r}")
+                raise lost from exc
             if on_tick is not None:
                 on_tick()
         return {cid: self._replies.pop(cid) for cid in wanted if cid in self._replies}
