@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
+    """AMQP_URL, checked: the tests that need RabbitMQ ask for this (or clean_queues)."""
     from shared.broker import connect
     from shared.errors import BrokerUnavailable
 
@@ -82,17 +84,40 @@ def clean_queues(amqp_url: str) -> str:
 
 
 @pytest.fixture
-def settings(aws: str, amqp_url: str) -> Settings:
-    return parse_settings(amqp_url=amqp_url, aws_endpoint_url=aws, health_port=0)
+def settings(aws: str) -> Settings:
+    """Settings for this test's moto, with AMQP_URL unchecked: a test of AWS alone runs
+    without RabbitMQ (one that needs it asks for ``amqp_url``, ``clean_queues`` or
+    ``pool``)."""
+    return parse_settings(amqp_url=AMQP_URL, aws_endpoint_url=aws, health_port=0)
 
 
 @pytest.fixture
-def pool(settings: Settings, clean_queues: str) -> Settings:
-    """Table and ASG bootstrapped in a clean moto; queues empty."""
+def aws_pool(settings: Settings) -> Settings:
+    """Table and ASG bootstrapped in a clean moto; the broker untouched."""
     from shared.bootstrap import bootstrap
 
-    bootstrap(settings)
+    bootstrap(settings, broker=False)
     return settings
+
+
+@pytest.fixture
+def pool(aws_pool: Settings) -> Settings:
+    """``aws_pool`` plus every workerpool queue declared and empty.
+
+    If RabbitMQ does not answer, the pool comes without queues and a warning: tests of AWS
+    alone that use ``pool`` (tests/integration/test_reaper_apply.py) then still run, and a
+    test that needs the broker fails at its first connect (BrokerUnavailable names
+    AMQP_URL). Once those tests ask for ``aws_pool``, this can require ``clean_queues``.
+    """
+    from shared.broker import purge
+    from shared.errors import BrokerUnavailable
+
+    try:
+        purge(aws_pool.amqp_url, "tests", [q.name for q in topology.QUEUES])
+    except BrokerUnavailable as exc:
+        warnings.warn(f"RabbitMQ does not answer ({exc}): this pool has no queues",
+                      stacklevel=2)
+    return aws_pool
 
 
 def env_for(settings: Settings, **extra: Any) -> dict[str, str]:
