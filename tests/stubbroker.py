@@ -268,6 +268,8 @@ class StubConsumer:
     def connect(self) -> None:
         """Declare and consume as the real one does on connecting; then the hooks."""
         b = self.broker
+        if self.connected.is_set():
+            return
         with b._cond:
             if self._declare:
                 b.declare()

@@ -221,7 +221,12 @@ def test_a_second_connection_waits_for_an_own_queue_until_the_first_lets_it_go(
     t1 = run_consumer(first)
     second = Consumer(url, "agent@second", declare=False)
     got: list[bytes] = []
-    second.subscribe_own(queue, lambda d: (got.append(d.body), d.ack()))  # type: ignore[func-returns-value]
+
+    def handle(d: Delivery) -> None:
+        got.append(d.body)
+        d.ack()
+
+    second.subscribe_own(queue, handle)
     t2 = threading.Thread(target=second.run, daemon=True)
     t2.start()
     time.sleep(1.5)  # 405 RESOURCE_LOCKED, pause, try again...

@@ -7,13 +7,13 @@ import threading
 import pytest
 
 from shared import topology
-from shared.broker import DIRECT_REPLY_TO, ConsumerLike, Delivery, PublisherLike
+from shared.broker import DIRECT_REPLY_TO, ConsumerLike, Delivery, Handler, PublisherLike
 from shared.broker.interface import BrokerLike
 from shared.errors import BrokerUnavailable, InvalidMessage, Unroutable
 from tests.stubbroker import ManualTicker, StubBroker
 
 
-def acking(into: list[Delivery]):  # type: ignore[no-untyped-def]
+def acking(into: list[Delivery]) -> Handler:
     def handle(d: Delivery) -> None:
         into.append(d)
         d.ack()
@@ -37,7 +37,7 @@ def test_the_stub_consumer_offers_everything_a_consumer_offers() -> None:
 
 
 def test_the_default_exchange_routes_by_queue_name_and_an_acked_message_is_gone() -> None:
-    stub, got = StubBroker(), []
+    stub, got = StubBroker(), list[Delivery]()
     c = stub.consumer()
     c.subscribe(topology.CLAIMS, acking(got))
     c.connect()
@@ -58,7 +58,7 @@ def test_a_mandatory_publish_no_queue_takes_is_unroutable_and_a_plain_one_is_dro
 
 
 def test_a_fanout_reaches_every_bound_consumer_and_nobody_bound_is_fine() -> None:
-    stub, first, second = StubBroker(), [], []
+    stub, first, second = StubBroker(), list[Delivery](), list[Delivery]()
     stub.publish("", b"early", exchange=topology.CAPACITY_EXCHANGE, mandatory=False)
     for into in (first, second):
         c = stub.consumer()
@@ -132,7 +132,7 @@ def test_a_failing_handler_gets_its_message_again_marked_redelivered() -> None:
 
 
 def test_prefetch_bounds_what_is_in_hand_and_join_names_what_is_left() -> None:
-    stub, held = StubBroker(), []
+    stub, held = StubBroker(), list[Delivery]()
     c = stub.consumer(prefetch=2)
     c.subscribe(topology.WAITING, held.append)  # never settles
     c.connect()
@@ -148,7 +148,7 @@ def test_prefetch_bounds_what_is_in_hand_and_join_names_what_is_left() -> None:
 
 
 def test_after_a_cut_unacked_messages_come_back_once_and_late_acks_are_dropped() -> None:
-    stub, got, events = StubBroker(), [], []
+    stub, got, events = StubBroker(), list[Delivery](), list[str]()
     c = stub.consumer()
     c.subscribe(topology.CLAIMS, got.append)
     c.on_connect(lambda: events.append("connect"))
@@ -169,7 +169,7 @@ def test_after_a_cut_unacked_messages_come_back_once_and_late_acks_are_dropped()
 
 
 def test_an_own_queue_is_exclusive_bound_if_asked_and_gone_with_its_connection() -> None:
-    stub, got = StubBroker(), []
+    stub, got = StubBroker(), list[Delivery]()
     c = stub.consumer(declare=False)
     c.subscribe_own("workerpool.confirm.d-1", acking(got), bind_exchange="amq.topic")
     c.connect()
@@ -189,7 +189,7 @@ def test_an_own_queue_is_exclusive_bound_if_asked_and_gone_with_its_connection()
 
 
 def test_only_the_first_consumer_of_a_single_active_consumer_queue_gets_messages() -> None:
-    stub, first, second = StubBroker(), [], []
+    stub, first, second = StubBroker(), list[Delivery](), list[Delivery]()
     for into in (first, second):
         c = stub.consumer()
         c.subscribe(topology.WAITING, acking(into))
@@ -201,10 +201,14 @@ def test_only_the_first_consumer_of_a_single_active_consumer_queue_gets_messages
 
 
 def test_a_consumer_running_on_its_own_thread_delivers_there_until_stopped() -> None:
-    stub, threads = StubBroker(), []
+    stub, threads = StubBroker(), list[threading.Thread]()
     c = stub.consumer(tick=0.01)
-    c.subscribe(topology.AGENTS, lambda d: (threads.append(threading.current_thread()),
-                                            d.ack()))
+
+    def handle(d: Delivery) -> None:
+        threads.append(threading.current_thread())
+        d.ack()
+
+    c.subscribe(topology.AGENTS, handle)
     t = threading.Thread(target=c.run, daemon=True)
     t.start()
     assert c.connected.wait(2)
