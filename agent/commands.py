@@ -20,15 +20,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.health import probe_code_server
-from shared.broker import Delivery
+from shared.broker import Consumer, Delivery
+from shared.broker.delivery import PublishFn
 from shared.config import Settings
 from shared.errors import InvalidMessage, TransientError, Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
-from shared.ownqueue import OwnQueueConsumer, command_queue
+from shared.queues import command_queue
 
 log = logging.getLogger("workerpool.agent")
 
@@ -80,18 +80,18 @@ class PasswordCommands:
 
     def __init__(self, *, instance_id: str, config_path: str, restart_command: str | None,
                  code_server_url: str, timeout: float, exchange: str,
-                 publish: Callable[..., None]) -> None:
+                 publish: PublishFn) -> None:
         self.instance_id = instance_id
         self.config_path = Path(config_path)
         self.restart_command = restart_command
         self.code_server_url = code_server_url
         self.timeout = timeout
         self.exchange = exchange  # "" or amq.topic (AGENT_EXCHANGE), as for agent messages
-        self._publish = publish  # Consumer.publish_here: this thread's confirmed channel
+        self._publish = publish  # the consumer's publish_here: its own confirmed channel
 
     def handle(self, d: Delivery) -> None:
         try:
-            cmd = decode(SetPassword, d.body)
+            cmd: SetPassword = decode(SetPassword, d.body)
         except InvalidMessage as exc:
             # not dead-lettered: agents may not write there, and it could hold a hash
             log.warning("command rejected", extra={"instance_id": self.instance_id,
@@ -147,21 +147,17 @@ class PasswordCommands:
 
 
 def listen(*, settings: Settings, connection_name: str, instance_id: str,
-           code_server_url: str) -> OwnQueueConsumer:
+           code_server_url: str) -> Consumer:
     """Start consuming this instance's command queue on a daemon thread of its own (pika:
     one connection per thread). ``own_ready`` is set once the queue exists."""
-    holder: list[OwnQueueConsumer] = []
+    # declare=False: agents may configure nothing but their own queue; prefetch 1: one
+    # command at a time, in order
+    consumer = Consumer(settings.amqp_url, connection_name, declare=False, prefetch=1)
     commands = PasswordCommands(
         instance_id=instance_id, config_path=settings.code_server_config,
         restart_command=settings.code_server_restart_command,
         code_server_url=code_server_url, timeout=settings.password_confirm_seconds,
-        exchange=settings.agent_exchange,
-        publish=lambda *args, **kwargs: holder[0].publish_here(*args, **kwargs))
-    # declare=False: agents may configure nothing but their own queue; prefetch 1: one
-    # command at a time, in order
-    consumer = OwnQueueConsumer(settings.amqp_url, connection_name,
-                                queue=command_queue(instance_id), handler=commands.handle,
-                                declare=False, prefetch=1)
-    holder.append(consumer)
+        exchange=settings.agent_exchange, publish=consumer.publish_here)
+    consumer.subscribe_own(command_queue(instance_id), commands.handle)
     threading.Thread(target=consumer.run, name="commands", daemon=True).start()
     return consumer

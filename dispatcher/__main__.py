@@ -10,7 +10,7 @@ from dispatcher.passwords import Passwords
 from shared.asg import Asg
 from shared.broker import Broker, Consumer
 from shared.config import connection_name
-from shared.ownqueue import OwnQueueConsumer, confirm_queue
+from shared.queues import confirm_queue
 from shared.runtime import Runtime
 from shared.store import Store
 from shared.topology import AGENTS_TOPIC_EXCHANGE
@@ -28,17 +28,15 @@ def main() -> int:
         asg = Asg.from_settings(s)
         broker = Broker(s.amqp_url, "dispatcher")
         name = connection_name("dispatcher")
+        consumer = Consumer(s.amqp_url, name, prefetch=PREFETCH)
         passwords: Passwords | None = None
         if s.lease_passwords:
             # the agents' confirmations come to a queue of our own, on the consumer's
             # connection; bound to amq.topic too, for agents confined to that exchange
             passwords = Passwords(broker=broker, confirm_queue=confirm_queue(name),
                                   timeout=s.password_confirm_seconds)
-            consumer: Consumer = OwnQueueConsumer(
-                s.amqp_url, name, prefetch=PREFETCH, queue=passwords.confirm_queue,
-                handler=passwords.on_confirm, bind_exchange=AGENTS_TOPIC_EXCHANGE)
-        else:
-            consumer = Consumer(s.amqp_url, name, prefetch=PREFETCH)
+            consumer.subscribe_own(passwords.confirm_queue, passwords.on_confirm,
+                                   bind_exchange=AGENTS_TOPIC_EXCHANGE)
         dispatcher = Dispatcher(settings=s, store=store, asg=asg, broker=broker,
                                 consumer=consumer, metrics=Metrics(rt.health.registry),
                                 passwords=passwords)

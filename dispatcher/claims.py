@@ -31,7 +31,7 @@ from dispatcher.busy import Busy
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
 from shared import topology
-from shared.broker import Broker, Delivery
+from shared.broker import BrokerLike, Delivery
 from shared.clock import Clock
 from shared.config import Settings
 from shared.errors import ConditionFailed, Unroutable
@@ -59,7 +59,7 @@ class Assignment:
 
 
 class ClaimService:
-    def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
+    def __init__(self, *, settings: Settings, store: Store, broker: BrokerLike, clock: Clock,
                  metrics: Metrics, pool_view: Callable[[], assign.PoolView],
                  passwords: Passwords | None = None) -> None:
         self.settings = settings

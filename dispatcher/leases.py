@@ -11,7 +11,7 @@ import logging
 
 from dispatcher import assign, replies
 from dispatcher.metrics import Metrics
-from shared.broker import Broker, Delivery
+from shared.broker import BrokerLike, Delivery
 from shared.clock import Clock, iso
 from shared.config import Settings
 from shared.errors import ConditionFailed, Unroutable
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class LeaseService:
-    def __init__(self, *, settings: Settings, store: Store, broker: Broker, clock: Clock,
+    def __init__(self, *, settings: Settings, store: Store, broker: BrokerLike, clock: Clock,
                  metrics: Metrics) -> None:
         self.settings = settings
         self.store = store

@@ -37,7 +37,7 @@ from dispatcher.passwords import Passwords
 from dispatcher.waiting import WaitingRoom
 from shared import topology
 from shared.asg import Asg
-from shared.broker import Broker, Consumer, Delivery
+from shared.broker import BrokerLike, ConsumerLike, Delivery
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
 from shared.errors import InvalidMessage
@@ -56,6 +56,7 @@ from shared.messages import (
     now_sent_at,
 )
 from shared.store import Store
+from shared.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ AWS_CHECK_SECONDS = 5.0
 
 
 class Dispatcher:
-    def __init__(self, *, settings: Settings, store: Store, asg: Asg, broker: Broker,
-                 consumer: Consumer, metrics: Metrics, clock: Clock | None = None,
-                 passwords: Passwords | None = None) -> None:
+    def __init__(self, *, settings: Settings, store: Store, asg: Asg, broker: BrokerLike,
+                 consumer: ConsumerLike, metrics: Metrics, clock: Clock | None = None,
+                 passwords: Passwords | None = None, ticker: Ticker | None = None) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
@@ -91,6 +92,8 @@ class Dispatcher:
         self._singletons: set[str] = set()  # periodic jobs running now (never two at once)
         self._last_shortage: assign.ShortageSent | None = None
         self._aws_checked: tuple[float, bool, str] = (0.0, False, "not checked yet")
+        # periodic jobs on a thread of their own: they go on while the consumer reconnects
+        self.ticker = ticker or Ticker("dispatcher-ticker")
 
     # --- wiring --------------------------------------------------------------------------
     def attach(self) -> None:
@@ -100,16 +103,20 @@ class Dispatcher:
         c.subscribe(topology.AGENTS, self.on_agent)
         c.subscribe(topology.WAITING, self.on_waiting)
         c.subscribe_fanout(topology.CAPACITY_EXCHANGE, self.on_capacity)
-        c.every(self.settings.wait_poll_interval,
+        t = self.ticker
+        t.every(self.settings.wait_poll_interval,
                 lambda: self._singleton("serve", self.waiting.serve))
-        c.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
+        t.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
         c.on_connect(self.waiting.reset)
+        c.on_disconnect(self.waiting.reset)  # the ticker must not serve claims of a dead channel
 
     def run(self) -> None:
         """Consume until stopped; then let running jobs finish and drop the queued ones."""
+        self.ticker.start()
         try:
             self.consumer.run(idle=self.idle)
         finally:
+            self.ticker.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def idle(self) -> bool:

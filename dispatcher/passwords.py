@@ -17,10 +17,10 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from shared.broker import Broker, Delivery
+from shared.broker import BrokerLike, Delivery
 from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
-from shared.ownqueue import command_queue
+from shared.queues import command_queue
 
 log = logging.getLogger("workerpool.dispatcher")
 
@@ -52,7 +52,7 @@ class _Waiter:
 class Passwords:
     """Thread-safe: ``set_for`` from claim threads, ``on_confirm`` from the consumer thread."""
 
-    def __init__(self, *, broker: Broker, confirm_queue: str, timeout: float) -> None:
+    def __init__(self, *, broker: BrokerLike, confirm_queue: str, timeout: float) -> None:
         self.broker = broker
         self.confirm_queue = confirm_queue
         self.timeout = timeout
@@ -96,7 +96,7 @@ class Passwords:
     def on_confirm(self, d: Delivery) -> None:
         """A ``password_set`` from an agent (consumer thread). Unknown or late ones are
         dropped; an invalid one is dead-lettered by the consumer (InvalidMessage)."""
-        msg = decode(PasswordSet, d.body)
+        msg: PasswordSet = decode(PasswordSet, d.body)
         with self._lock:
             waiter = self._waiting.get(msg.request_id)
         if waiter is not None and waiter.instance_id == msg.instance_id:

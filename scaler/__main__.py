@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from scaler.feed import EventFeed
+from scaler.feed import EventFeed, scaling_consumer
 from scaler.loop import Scaler
 from scaler.metrics import ScalerMetrics
 from shared import topology
@@ -34,7 +34,8 @@ def main() -> int:
             settings=s, store=store, asg=asg, metrics=ScalerMetrics(rt.health.registry),
             publish_capacity=publish_capacity,
             leadership=Leadership(store, name="scaler", owner=name, ttl=s.lock_ttl_seconds),
-            open_feed=lambda: EventFeed(s.amqp_url, name), stopping=lambda: rt.stopping)
+            open_feed=lambda: EventFeed(scaling_consumer(s.amqp_url, name)),
+            stopping=lambda: rt.stopping)
 
         def aws_probe() -> dict[str, object]:
             store.ping()

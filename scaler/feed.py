@@ -13,19 +13,24 @@ import queue
 import threading
 
 from shared import topology
-from shared.broker import Consumer, Delivery
+from shared.broker import Consumer, ConsumerLike, Delivery
 from shared.messages import LeasedEvent, ScalingEvent, ShortageEvent, decode
 
 #: How often the feed's consumer looks at its connection.
 TICK_SECONDS = 0.05
 
 
+def scaling_consumer(url: str, name: str) -> Consumer:
+    """The feed's own connection: events are small and many, a burst is taken at once."""
+    return Consumer(url, name, prefetch=1000, tick=TICK_SECONDS)
+
+
 class EventFeed:
     """The consumer of workerpool.scaling, on its own thread, for as long as we are active."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, consumer: ConsumerLike) -> None:
         self.inbox: queue.SimpleQueue[ShortageEvent | LeasedEvent] = queue.SimpleQueue()
-        self.consumer = Consumer(url, name, prefetch=1000, tick=TICK_SECONDS)
+        self.consumer = consumer
         self.consumer.subscribe(topology.SCALING, self._on_event)
         self._thread = threading.Thread(target=self.consumer.run, name="scaling-events",
                                         daemon=True)

@@ -29,6 +29,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
+    """AMQP_URL, checked: the tests that need RabbitMQ ask for this (or clean_queues)."""
     from shared.broker import connect
     from shared.errors import BrokerUnavailable
 
@@ -83,17 +84,26 @@ def clean_queues(amqp_url: str) -> str:
 
 
 @pytest.fixture
-def settings(aws: str, amqp_url: str) -> Settings:
-    return parse_settings(amqp_url=amqp_url, aws_endpoint_url=aws, health_port=0)
+def settings(aws: str) -> Settings:
+    """Settings for this test's moto, with AMQP_URL unchecked: a test of AWS alone runs
+    without RabbitMQ (one that needs it asks for ``amqp_url``, ``clean_queues`` or
+    ``pool``)."""
+    return parse_settings(amqp_url=AMQP_URL, aws_endpoint_url=aws, health_port=0)
 
 
 @pytest.fixture
-def pool(settings: Settings, clean_queues: str) -> Settings:
-    """Table and ASG bootstrapped in a clean moto; queues empty."""
+def aws_pool(settings: Settings) -> Settings:
+    """Table and ASG bootstrapped in a clean moto; the broker untouched."""
     from shared.bootstrap import bootstrap
 
-    bootstrap(settings)
+    bootstrap(settings, broker=False)
     return settings
+
+
+@pytest.fixture
+def pool(aws_pool: Settings, clean_queues: str) -> Settings:
+    """``aws_pool`` plus every workerpool queue declared and empty (needs RabbitMQ)."""
+    return aws_pool
 
 
 def env_for(settings: Settings, **extra: Any) -> dict[str, str]:

@@ -19,8 +19,8 @@ def bootstrap(settings: Settings) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_bootstrap_creates_the_table_with_its_indexes_and_the_asg_once(settings: Settings
-                                                                       ) -> None:
+def test_bootstrap_creates_the_table_with_its_indexes_and_the_asg_once(
+        settings: Settings, amqp_url: str) -> None:  # it declares the broker's topology too
     first = bootstrap(settings)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["table_created"] is True

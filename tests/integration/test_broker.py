@@ -15,6 +15,7 @@ import pytest
 
 from shared import topology
 from shared.broker import Broker, Consumer, Delivery, RpcClient, get_one, queue_depths
+from shared.errors import BrokerUnavailable, Unroutable
 from shared.messages import ClaimReply, ClaimRequest, decode
 from tests.helpers import wait_for
 from tests.proxy import CuttableProxy
@@ -175,6 +176,99 @@ def test_the_consumer_resumes_after_the_connection_is_cut_and_loses_nothing(
     t.join(10)
     publisher.close()
     assert seen == {"before", "after"}
+
+
+def test_an_own_queue_is_consumed_bound_and_declared_again_after_a_cut(
+        url: str, proxy: CuttableProxy) -> None:
+    queue = f"workerpool.confirm.test-{os.getpid()}"
+    got: list[bytes] = []
+    events: list[str] = []
+    c = Consumer(proxy.url(vhost_of(url)), "dispatcher@test", declare=False)
+
+    def handle(d: Delivery) -> None:
+        got.append(d.body)
+        d.ack()
+
+    c.subscribe_own(queue, handle, bind_exchange=topology.AGENTS_TOPIC_EXCHANGE)
+    c.on_connect(lambda: events.append("connect"))
+    c.on_disconnect(lambda: events.append("disconnect"))
+    t = run_consumer(c)
+    assert c.own_ready.is_set()
+    broker = Broker(url, "client@test")
+    broker.publish(queue, b"direct")
+    broker.publish(queue, b"topic", exchange=topology.AGENTS_TOPIC_EXCHANGE)
+    wait_for(lambda: len(got) == 2, what="both routes to the own queue")
+    proxy.cut(refuse_for=1.0)
+    # the broker drops an exclusive queue with its connection; ours comes back with the next
+    # (after LOCKED_PAUSE pauses while the broker still holds the old one)
+    wait_for(lambda: events == ["connect", "disconnect", "connect"], timeout=60,
+             what="a reconnect")
+    wait_for(c.own_ready.is_set, timeout=30, what="the own queue again")
+    broker.publish(queue, b"after")
+    wait_for(lambda: b"after" in got, what="a message after the cut")
+    c.stop()
+    t.join(10)
+    with pytest.raises(Unroutable):  # exclusive and auto-delete: gone with the consumer
+        broker.publish(queue, b"nobody")
+    broker.close()
+
+
+def test_a_second_connection_waits_for_an_own_queue_until_the_first_lets_it_go(
+        url: str) -> None:
+    queue = f"workerpool.agent.i-test{os.getpid()}"
+    first = Consumer(url, "agent@first", declare=False)
+    first.subscribe_own(queue, lambda d: d.ack())
+    t1 = run_consumer(first)
+    second = Consumer(url, "agent@second", declare=False)
+    got: list[bytes] = []
+
+    def handle(d: Delivery) -> None:
+        got.append(d.body)
+        d.ack()
+
+    second.subscribe_own(queue, handle)
+    t2 = threading.Thread(target=second.run, daemon=True)
+    t2.start()
+    time.sleep(1.5)  # 405 RESOURCE_LOCKED, pause, try again...
+    assert not second.own_ready.is_set()
+    first.stop()
+    t1.join(10)
+    assert second.own_ready.wait(15), "the second consumer never took the queue over"
+    Broker(url, "client@test").publish(queue, b"for the second")
+    wait_for(lambda: got == [b"for the second"], what="delivery to the second")
+    second.stop()
+    t2.join(10)
+
+
+def test_every_publish_path_reports_the_same_errors(url: str, proxy: CuttableProxy) -> None:
+    """publish_here (replies, dead-letter copies) and the RpcClient use the one publish
+    path: Unroutable for a mandatory message nobody takes, BrokerUnavailable for a lost
+    connection, never a pika exception."""
+    errors: list[BaseException] = []
+    c = Consumer(url, "dispatcher@test")
+
+    def handle(d: Delivery) -> None:
+        try:
+            c.publish_here("workerpool.no-such-queue", b"{}")
+        except Unroutable as exc:
+            errors.append(exc)
+        d.ack()
+
+    c.subscribe(topology.CLAIMS, handle)
+    t = run_consumer(c)
+    Broker(url, "client@test").publish(topology.CLAIMS, b"{}")
+    wait_for(lambda: errors, what="the consumer's unroutable publish")
+    assert c.connected.is_set()  # an unroutable reply is no reason to reconnect
+    c.stop()
+    t.join(10)
+
+    rpc = RpcClient(proxy.url(vhost_of(url)), "cli@test")
+    proxy.cut()
+    with pytest.raises(BrokerUnavailable):
+        for _ in range(50):  # pika notices the lost socket on a write or a read
+            rpc.send(topology.CLAIMS, b"{}")
+            rpc.wait(["none"], 0.05)
+    rpc.close()
 
 
 needs_rabbitmqctl = pytest.mark.skipif(

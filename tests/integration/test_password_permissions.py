@@ -25,7 +25,7 @@ import pika.exceptions as pe
 import pytest
 
 from shared import topology
-from shared.ownqueue import command_queue, confirm_queue
+from shared.queues import command_queue, confirm_queue
 from tests import iam
 from tests.unit.test_deploy_rabbitmq_definitions import EXAMPLE_PASSWORDS
 

@@ -82,8 +82,8 @@ RENEW_LANDS = [
 @pytest.mark.parametrize(("point", "method", "renew_wins"), RENEW_LANDS,
                          ids=[r[0] for r in RENEW_LANDS])
 def test_a_renew_racing_the_expiry_never_leaves_both_or_neither_winning(
-        pool: Settings, point: str, method: str | None, renew_wins: bool) -> None:
-    store, asg = adapters(pool)
+        aws_pool: Settings, point: str, method: str | None, renew_wins: bool) -> None:
+    store, asg = adapters(aws_pool)
     iid, other = launch(asg, 2)
     t0 = float(int(time.time())) - 100
     for i in (iid, other):
@@ -102,7 +102,7 @@ def test_a_renew_racing_the_expiry_never_leaves_both_or_neither_winning(
             renewed.append(False)
 
     reaper = Reaper(store=Before(store, method, renew) if method else store,  # type: ignore[arg-type]
-                    asg=asg, settings=pool)
+                    asg=asg, settings=aws_pool)
     outcomes = reaper.run_pass(now=expiry)
     if method is None:
         renew()
@@ -120,14 +120,14 @@ def test_a_renew_racing_the_expiry_never_leaves_both_or_neither_winning(
         assert store.leases.held_by("alice") == []
 
 
-def test_a_free_or_leased_worker_is_never_terminated_even_when_asked(pool: Settings) -> None:
-    store, asg = adapters(pool)
+def test_a_free_or_leased_worker_is_never_terminated_even_when_asked(aws_pool: Settings) -> None:
+    store, asg = adapters(aws_pool)
     a, b = launch(asg, 2)
     now = time.time()
     register(store, a, now)
     register(store, b, now)
     lease(store, b, "bob", now=now, seconds=600)
-    reaper = Reaper(store=store, asg=asg, settings=pool)
+    reaper = Reaper(store=store, asg=asg, settings=aws_pool)
     for iid, user in ((a, None), (b, "bob")):
         assert reaper.apply(Recycle(iid, user, "stale plan"), now) == LOST
     assert {i.instance_id for i in asg.describe().instances} == {a, b}
@@ -135,14 +135,14 @@ def test_a_free_or_leased_worker_is_never_terminated_even_when_asked(pool: Setti
     assert asg.describe().desired == 2
 
 
-def test_unknown_instances_are_tracked_and_orphan_items_removed(pool: Settings) -> None:
-    store, asg = adapters(pool)
+def test_unknown_instances_are_tracked_and_orphan_items_removed(aws_pool: Settings) -> None:
+    store, asg = adapters(aws_pool)
     a, b = launch(asg, 2)
     now = time.time()
     register(store, a, now)
     register(store, "i-00000000000gone", now)  # its instance is not in the ASG
     lease(store, "i-00000000000gone", "carol", now=now, seconds=600)
-    reaper = Reaper(store=store, asg=asg, settings=pool)
+    reaper = Reaper(store=store, asg=asg, settings=aws_pool)
     reaper.run_pass(now=now + 1)
     assert worker_items(store) == {a: "free", b: "booting"}
     assert store.leases.held_by("carol") == []
@@ -204,19 +204,19 @@ CRASH_POINTS = (1, 2, 3, 4, 5, 11, 12, 14, 15, 16)
 
 @pytest.mark.parametrize("k", CRASH_POINTS)
 def test_a_pass_that_crashes_before_any_write_then_runs_again_reaches_the_same_end_state(
-        pool: Settings, k: int) -> None:
-    store, asg = adapters(pool)
+        aws_pool: Settings, k: int) -> None:
+    store, asg = adapters(aws_pool)
     roles = seed_mixed_pool(store, asg)
     counter = [0]
     crashing = Reaper(store=CrashAfter(store, counter, k), asg=CrashAfter(asg, counter, k),
-                      settings=pool)  # type: ignore[arg-type]
+                      settings=aws_pool)  # type: ignore[arg-type]
     try:
         crashing.run_pass()
         crashed = False
     except Crash:
         crashed = True
     assert crashed == (k <= 15)
-    restarted = Reaper(store=store, asg=asg, settings=pool)
+    restarted = Reaper(store=store, asg=asg, settings=aws_pool)
     restarted.run_pass()
     restarted.run_pass()  # the replacement launched by the first pass is tracked by now
     state = asg.describe()

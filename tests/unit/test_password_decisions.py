@@ -12,7 +12,7 @@ from dispatcher import replies
 from dispatcher.passwords import code_server_hash, new_password
 from shared.errors import InvalidMessage
 from shared.messages import ClaimReply, SetPassword, WorkerInfo, decode, now_sent_at
-from shared.ownqueue import command_queue, confirm_queue
+from shared.queues import command_queue, confirm_queue
 from shared.state import Worker
 
 HASH = hashlib.sha256(b"correct horse").hexdigest()

@@ -1,0 +1,112 @@
+"""Connections: parameters, connect, which errors mean "gone", and the two retry policies.
+
+pika's rule, which every other module here follows: a connection (and its channels) belongs
+to the one thread that opened it. Nothing in this module keeps a connection; callers own
+theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingConnection
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from shared.config import redact_url
+from shared.errors import BrokerUnavailable
+
+log = logging.getLogger("workerpool.broker")
+
+#: Errors that mean "this connection or channel is gone": drop it and reconnect. pika's
+#: UnroutableError and NackError are channel errors too; publish_on translates them first.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    pe.AMQPConnectionError,
+    pe.AMQPChannelError,
+    pe.StreamLostError,
+    pe.ConnectionWrongStateError,
+    pe.ChannelWrongStateError,
+    ConnectionError,
+    OSError,
+)
+
+#: What a consumer thread treats as "reconnect": pika's errors, and ours once translated.
+LOST: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, BrokerUnavailable)
+
+JSON = "application/json"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def connection_parameters(url: str, name: str) -> pika.URLParameters:
+    """URL parameters plus the connection name, heartbeat and blocked-connection timeout.
+
+    pika's defaults leave ``blocked_connection_timeout`` unset, so a publisher blocked by a
+    broker alarm would hang forever; we give up after 30 s and reconnect instead.
+    """
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": name, "product": "workerpool"}
+    if "heartbeat=" not in url:
+        params.heartbeat = 30
+    if "blocked_connection_timeout=" not in url:
+        params.blocked_connection_timeout = 30
+    if "socket_timeout=" not in url:
+        params.socket_timeout = 5
+    params.connection_attempts = 1  # retries are ours (bounded, logged), not pika's
+    return params
+
+
+def connect(url: str, name: str) -> BlockingConnection:
+    """A new blocking connection, or ``BrokerUnavailable`` naming the (redacted) URL."""
+    try:
+        return BlockingConnection(connection_parameters(url, name))
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(f"broker at {redact_url(url)} does not answer: {exc!r}") from exc
+
+
+def close_quietly(conn: BlockingConnection | None) -> None:
+    """Close ``conn`` if it is open; a connection that dies while closing is closed too."""
+    if conn is not None and conn.is_open:
+        try:
+            conn.close()
+        except CONNECTION_ERRORS:
+            pass
+
+
+def retrying(max_seconds: float) -> Retrying:
+    """For one operation on a short-lived connection (a publish, a declare): retry
+    ``BrokerUnavailable`` with jittered exponential backoff for up to ``max_seconds``."""
+    return Retrying(
+        retry=retry_if_exception_type(BrokerUnavailable),
+        wait=wait_exponential(multiplier=0.2, max=5) + wait_random(0, 0.2),
+        stop=stop_after_delay(max_seconds),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+
+
+def reconnecting(stop: threading.Event) -> Retrying:
+    """For a long-lived consumer: retry ``BrokerUnavailable`` until ``stop`` is set. A fresh
+    one per connection attempt series, so the backoff resets after a healthy session
+    (pika's asynchronous_consumer_example ``_get_reconnect_delay``)."""
+
+    def sleep(seconds: float) -> Any:
+        stop.wait(seconds)  # SIGTERM (stop.set) wakes it at once
+
+    return Retrying(
+        retry=retry_if_exception_type(BrokerUnavailable),
+        wait=wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5),
+        stop=lambda state: stop.is_set(),
+        sleep=sleep,
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
