@@ -35,6 +35,24 @@ def _hard_stop() -> None:
     os._exit(0)
 
 
+def _arm_deadline() -> None:
+    """Called from the signal handler: whatever blocks (a publish into a dead broker), the
+    process is gone before PROTOCOL's 10 s."""
+    timer = threading.Timer(STOP_DEADLINE, _hard_stop)
+    timer.daemon = True
+    timer.start()
+
+
+def _wait_for(ready: threading.Event, rt: Runtime) -> None:
+    """Listen before registering, so a dispatcher that leases us finds the command queue;
+    a broker that is down does not hold the registration up for long."""
+    waited = 0.0
+    while not ready.is_set() and waited < COMMANDS_READY_WAIT:
+        if rt.wait(0.05):
+            return
+        waited += 0.05
+
+
 def main() -> int:
     with Runtime("agent") as rt:
         s = rt.settings
@@ -61,14 +79,7 @@ def main() -> int:
         rt.health.add_check("code_server", agent.code_server_check)
         rt.health.add_check("heartbeat", agent.heartbeat_check)
 
-        def arm_deadline() -> None:
-            # set from the signal handler: whatever blocks (a publish into a dead broker),
-            # the process is gone before PROTOCOL's 10 s
-            timer = threading.Timer(STOP_DEADLINE, _hard_stop)
-            timer.daemon = True
-            timer.start()
-
-        rt.on_stop(arm_deadline)
+        rt.on_stop(_arm_deadline)
         log.info("starting", extra={"event": "starting",
                                     "imds": s.aws_ec2_metadata_service_endpoint,
                                     "code_server_url": s.code_server_url,
@@ -80,13 +91,7 @@ def main() -> int:
             commands = listen(settings=s, connection_name=name, instance_id=instance_id,
                               code_server_url=s.code_server_url)
             rt.on_stop(commands.stop)
-            # listen before registering, so a dispatcher that leases us finds the queue;
-            # a broker that is down does not hold the registration loop up for long
-            waited = 0.0
-            while not commands.own_ready.is_set() and waited < COMMANDS_READY_WAIT:
-                if rt.wait(0.05):
-                    break
-                waited += 0.05
+            _wait_for(commands.own_ready, rt)
             agent.run(on_first_registration=lambda: rt.ready(instance_id=instance_id))
             agent.deregister()
         publisher.close()

@@ -30,7 +30,7 @@ from shared.errors import InvalidMessage, TransientError, Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
 from shared.queues import command_queue
 
-log = logging.getLogger("workerpool.agent")
+log = logging.getLogger(__name__)
 
 #: Top-level keys of code-server's config.yaml that the agent owns.
 OWNED_KEYS = ("auth", "hashed-password", "password")
@@ -99,7 +99,7 @@ class PasswordCommands:
                                                    "reason": exc.reason})
             d.ack()
             return
-        ids = {"instance_id": self.instance_id, "command_id": cmd.request_id}
+        ids = {"instance_id": self.instance_id, "command_id": cmd.command_id}
         error = self.apply(cmd.hashed_password)
         if error is not None:
             log.warning("password not applied: %s", error,
@@ -107,7 +107,7 @@ class PasswordCommands:
             d.ack()  # no confirmation: the dispatcher gives up on this worker
             return
         confirm = PasswordSet(type="password_set", instance_id=self.instance_id,
-                              request_id=cmd.request_id, sent_at=now_sent_at())
+                              command_id=cmd.command_id, sent_at=now_sent_at())
         try:
             self._publish(cmd.confirm_to, confirm.to_json(), exchange=self.exchange)
         except (Unroutable, TransientError) as exc:

@@ -27,7 +27,7 @@ from tenacity import (
 )
 
 from shared.errors import PermanentError, TransientError
-from shared.messages import INSTANCE_ID
+from shared.messages.base import INSTANCE_ID
 
 log = logging.getLogger("workerpool.agent")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher import replies
-from shared.messages import CapacityStatus
+from shared.messages import CapacityStatus, ClaimReply
 from shared.state import AsgState, Worker
 from shared.topology import ARRIVED_HEADER
 
@@ -132,6 +132,14 @@ class Unavailable:
 
 
 ClaimPlan = Repeat | Existing | TryLease | Wait | Unavailable
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A claim's answer, and the worker if it was leased just now (not a repeat)."""
+
+    reply: ClaimReply
+    new_lease: Worker | None = None
 
 
 def claim_plan(view: ClaimView, *, busy: frozenset[str], max_leases: int,

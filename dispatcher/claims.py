@@ -10,10 +10,9 @@ A claim's story, on one of the dispatcher's worker threads:
    (``wait_seconds: 0``), or sends the claim to the waiting room (waiting.py), which
    calls ``attempt`` again whenever a worker may be free.
 
-Every answer follows the same order: the outcome is stored (the lease transaction, or a
-remembered outcome), then the reply is published (with a confirm), and only then is the
-delivery acked. A crash anywhere before the ack means a redelivery, which finds the stored
-outcome and answers the same thing again.
+Every answer is stored (the lease transaction, or a remembered outcome), then published
+(with a confirm), and only then acked: a crash before the ack means a redelivery, which
+finds the stored outcome and answers the same thing again.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from dispatcher import assign, replies
-from dispatcher.assign import ClaimView, Existing, Repeat, TryLease, Unavailable, Wait
+from dispatcher.assign import Assignment, ClaimView, Existing, Repeat, TryLease, Unavailable, Wait
 from dispatcher.busy import Busy
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
@@ -48,14 +46,6 @@ CANDIDATES = 25
 ROUNDS = 5
 #: The longest a lease recheck waits (LEASE_RECHECK_SECONDS), however slow the writes are.
 RECHECK_MAX_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """A claim's answer, and the worker if it was leased just now (not a repeat)."""
-
-    reply: ClaimReply
-    new_lease: Worker | None = None
 
 
 class ClaimService:
@@ -259,8 +249,8 @@ class ClaimService:
         self.finish(d, got.reply, arrived, already_sent=True)
 
     def _tell_scaler(self, instance_id: str, ids: dict[str, Any]) -> None:
-        """A leased event: the scaler protects the instance from scale-in at once (it also
-        reconciles protection on its own, so a lost event costs seconds, not safety)."""
+        """A leased event: the scaler protects the instance at once (a lost one costs
+        seconds: it reconciles protection on its own too)."""
         try:
             self.broker.publish(topology.SCALING, LeasedEvent(
                 type="leased", instance_id=instance_id, sent_at=now_sent_at()).to_json())

@@ -22,7 +22,7 @@ from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
 from shared.queues import command_queue
 
-log = logging.getLogger("workerpool.dispatcher")
+log = logging.getLogger(__name__)
 
 #: 18 random bytes: a 24-character URL-safe password of 144 bits.
 PASSWORD_BYTES = 18
@@ -44,7 +44,7 @@ def code_server_hash(password: str) -> str:
 
 
 @dataclass
-class _Waiter:
+class _PendingCommand:
     instance_id: str
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -56,7 +56,7 @@ class Passwords:
         self.broker = broker
         self.confirm_queue = confirm_queue
         self.timeout = timeout
-        self._waiting: dict[str, _Waiter] = {}
+        self._waiting: dict[str, _PendingCommand] = {}
         self._lock = threading.Lock()
 
     def set_for(self, instance_id: str, ids: dict[str, str | None]) -> str | None:
@@ -66,13 +66,13 @@ class Passwords:
         password = new_password()
         # the command id is random and single-use: only the agent that read the command
         # can confirm it (agents share broker credentials, so the sender proves nothing)
-        command = SetPassword(type="set_password", request_id=secrets.token_urlsafe(16),
+        command = SetPassword(type="set_password", command_id=secrets.token_urlsafe(16),
                               hashed_password=code_server_hash(password),
                               confirm_to=self.confirm_queue, sent_at=now_sent_at())
-        waiter = _Waiter(instance_id)
+        pending = _PendingCommand(instance_id)
         with self._lock:
-            self._waiting[command.request_id] = waiter
-        extra = {**ids, "command_id": command.request_id}
+            self._waiting[command.command_id] = pending
+        extra = {**ids, "command_id": command.command_id}
         try:
             try:
                 # transient: nothing to keep once the agent is gone (and the hash is a
@@ -83,13 +83,13 @@ class Passwords:
                 log.warning("password not set: the worker's agent is not listening",
                             extra=extra)
                 return None
-            if not waiter.done.wait(self.timeout):
+            if not pending.done.wait(self.timeout):
                 log.warning("password not set: the agent did not confirm within %gs",
                             self.timeout, extra=extra)
                 return None
         finally:
             with self._lock:
-                self._waiting.pop(command.request_id, None)
+                self._waiting.pop(command.command_id, None)
         log.info("password set on the worker", extra=extra)
         return password
 
@@ -98,10 +98,10 @@ class Passwords:
         dropped; an invalid one is dead-lettered by the consumer (InvalidMessage)."""
         msg: PasswordSet = decode(PasswordSet, d.body)
         with self._lock:
-            waiter = self._waiting.get(msg.request_id)
-        if waiter is not None and waiter.instance_id == msg.instance_id:
-            waiter.done.set()
+            pending = self._waiting.get(msg.command_id)
+        if pending is not None and pending.instance_id == msg.instance_id:
+            pending.done.set()
         else:
             log.info("confirmation for no waiting command (late or foreign); ignored",
-                     extra={"instance_id": msg.instance_id, "command_id": msg.request_id})
+                     extra={"instance_id": msg.instance_id, "command_id": msg.command_id})
         d.ack()

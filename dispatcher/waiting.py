@@ -16,7 +16,8 @@ import threading
 from dataclasses import dataclass
 
 from dispatcher import assign
-from dispatcher.claims import Assignment, ClaimService
+from dispatcher.assign import Assignment
+from dispatcher.claims import ClaimService
 from shared import topology
 from shared.broker import Delivery
 from shared.clock import Clock

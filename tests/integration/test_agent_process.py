@@ -84,7 +84,9 @@ def test_the_registration_is_exactly_what_protocol_section_4_says(running: Any) 
     reg = wait_for(lambda: tap.of(imds.instance_id, "register"), what="a registration")[0]
     body = json.loads(reg["_raw"])
     assert list(body) == ["type", "instance_id", "private_ip", "public_ip", "instance_type",
-                          "availability_zone", "agent_version", "sent_at"]
+                          "availability_zone", "agent_version", "sent_at",
+                          "identity_document", "identity_signature", "agent_key",  # v2
+                          "tls_fingerprint"]
     assert body["type"] == "register"
     assert body["instance_id"] == imds.instance_id
     assert body["private_ip"] == "10.0.1.5" and body["public_ip"] == "203.0.113.7"

@@ -113,7 +113,7 @@ def test_a_confirmation_nobody_waits_for_is_acked_and_the_agent_goes_on(
     agent = agent_side(stub, code_server, "")
     agent.connect()
     stub.publish(command_queue(INSTANCE), SetPassword(
-        type="set_password", request_id="c" * 22, hashed_password="ab" * 32,
+        type="set_password", command_id="c" * 22, hashed_password="ab" * 32,
         confirm_to=confirm_queue("gone"), sent_at=now_sent_at()).to_json())
     stub.join()
     assert code_server.config()["hashed_password"] == "ab" * 32

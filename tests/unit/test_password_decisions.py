@@ -89,7 +89,7 @@ def test_a_command_must_confirm_to_a_confirm_queue() -> None:
 
 
 def test_a_commands_repr_never_shows_the_hash() -> None:
-    cmd = SetPassword(type="set_password", request_id="a" * 16, hashed_password=HASH,
+    cmd = SetPassword(type="set_password", command_id="a" * 16, hashed_password=HASH,
                       confirm_to="workerpool.confirm.x", sent_at=now_sent_at())
     assert HASH not in repr(cmd) and HASH not in str(cmd)
 
@@ -122,3 +122,11 @@ def test_worker_info_without_a_password_still_says_null() -> None:
     info = WorkerInfo(instance_id="i-1", public_ip=None, private_ip="10.0.0.1",
                       url="http://10.0.0.1:8080")
     assert b'"password":null' in info.to_json()
+
+
+def test_a_command_is_sent_with_command_id_and_an_older_dispatchers_request_id_is_read() -> None:
+    new = SetPassword(type="set_password", command_id="b" * 16, hashed_password=HASH,
+                      confirm_to="workerpool.confirm.d-1", sent_at=now_sent_at())
+    assert b'"command_id":"bbbbbbbbbbbbbbbb"' in new.to_json() and b"request_id" not in new.to_json()
+    assert decode(SetPassword, new.to_json()).command_id == "b" * 16
+    assert decode(SetPassword, _command(HASH)).command_id == "abcdefghijklmnopq"  # old name
