@@ -15,12 +15,14 @@ import threading
 from agent.commands import listen
 from agent.heartbeat import Timing
 from agent.imds import Imds
+from agent.keys import AgentKey
 from agent.loop import Agent
+from agent.tls import ensure_certificate, pinned_context
 from shared.broker import Publisher, connect, declare_topology
 from shared.config import connection_name
 from shared.runtime import Runtime
 
-log = logging.getLogger("workerpool.agent")
+log = logging.getLogger(__name__)
 
 #: PROTOCOL §1 asks for an exit within 10 s of SIGTERM; this is the hard stop behind it.
 STOP_DEADLINE = 9.0
@@ -53,6 +55,14 @@ def _wait_for(ready: threading.Event, rt: Runtime) -> None:
         waited += 0.05
 
 
+def _serve_tls(agent: Agent, directory: str) -> None:
+    """code-server's certificate (made on first start) and the context that pins it."""
+    assert agent.identity is not None
+    agent.tls_fingerprint = ensure_certificate(
+        directory, [agent.identity.private_ip, agent.identity.public_ip])
+    agent.tls = pinned_context(directory)
+
+
 def main() -> int:
     with Runtime("agent") as rt:
         s = rt.settings
@@ -66,10 +76,12 @@ def main() -> int:
             finally:
                 conn.close()
 
+        key = AgentKey.load_or_create(s.agent_key_file)
         publisher = Publisher(s.amqp_url, name, give_up_after=timing.give_up_after)
         agent = Agent(
             imds=Imds(endpoint=s.aws_ec2_metadata_service_endpoint),
             publisher=publisher,
+            key=key,
             code_server_url=s.code_server_url,
             timing=timing,
             wait=rt.wait,
@@ -88,8 +100,10 @@ def main() -> int:
         if agent.wait_for_identity() is not None:
             assert agent.identity is not None
             instance_id = agent.identity.instance_id
+            if s.code_server_tls_dir:
+                _serve_tls(agent, s.code_server_tls_dir)
             commands = listen(settings=s, connection_name=name, instance_id=instance_id,
-                              code_server_url=s.code_server_url)
+                              code_server_url=s.code_server_url, key=key, tls=agent.tls)
             rt.on_stop(commands.stop)
             _wait_for(commands.own_ready, rt)
             agent.run(on_first_registration=lambda: rt.ready(instance_id=instance_id))

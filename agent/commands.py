@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -23,7 +24,9 @@ import time
 from pathlib import Path
 
 from agent.health import probe_code_server
-from shared.broker import Consumer, Delivery
+from agent.keys import AgentKey
+from shared import topology
+from shared.broker import Consumer, Delivery, from_senders
 from shared.broker.delivery import PublishFn
 from shared.config import Settings
 from shared.errors import InvalidMessage, TransientError, Unroutable
@@ -80,7 +83,8 @@ class PasswordCommands:
 
     def __init__(self, *, instance_id: str, config_path: str, restart_command: str | None,
                  code_server_url: str, timeout: float, exchange: str,
-                 publish: PublishFn) -> None:
+                 publish: PublishFn, key: AgentKey | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.instance_id = instance_id
         self.config_path = Path(config_path)
         self.restart_command = restart_command
@@ -88,16 +92,17 @@ class PasswordCommands:
         self.timeout = timeout
         self.exchange = exchange  # "" or amq.topic (AGENT_EXCHANGE), as for agent messages
         self._publish = publish  # the consumer's publish_here: its own confirmed channel
+        self._key = key  # confirmations are agent messages: signed (PROTOCOL §4 v2)
+        self._tls = tls  # pins code-server's certificate when it serves https
 
     def handle(self, d: Delivery) -> None:
         try:
             cmd: SetPassword = decode(SetPassword, d.body)
         except InvalidMessage as exc:
-            # not dead-lettered: agents may not write there, and it could hold a hash
             log.warning("command rejected", extra={"instance_id": self.instance_id,
                                                    "event": "command_rejected",
                                                    "reason": exc.reason})
-            d.ack()
+            d.dead_letter(exc.reason)
             return
         ids = {"instance_id": self.instance_id, "command_id": cmd.command_id}
         error = self.apply(cmd.hashed_password)
@@ -108,8 +113,10 @@ class PasswordCommands:
             return
         confirm = PasswordSet(type="password_set", instance_id=self.instance_id,
                               command_id=cmd.command_id, sent_at=now_sent_at())
+        body = confirm.to_json()
+        signed = {topology.SIGNATURE_HEADER: self._key.sign(body)} if self._key else None
         try:
-            self._publish(cmd.confirm_to, confirm.to_json(), exchange=self.exchange)
+            self._publish(cmd.confirm_to, body, exchange=self.exchange, headers=signed)
         except (Unroutable, TransientError) as exc:
             log.warning("password applied but not confirmed (the dispatcher is gone?)",
                         extra={**ids, "event": "confirm_failed", "error": str(exc)[:300]})
@@ -138,7 +145,7 @@ class PasswordCommands:
                         f"{(done.stderr or done.stdout).strip()[-300:]}")
         while True:
             healthy, reason = probe_code_server(self.code_server_url,
-                                                min(2.0, self.timeout))
+                                                min(2.0, self.timeout), tls=self._tls)
             if healthy:
                 return None
             if time.monotonic() + HEALTH_POLL > deadline:
@@ -147,17 +154,22 @@ class PasswordCommands:
 
 
 def listen(*, settings: Settings, connection_name: str, instance_id: str,
-           code_server_url: str) -> Consumer:
+           code_server_url: str, key: AgentKey | None = None,
+           tls: ssl.SSLContext | None = None) -> Consumer:
     """Start consuming this instance's command queue on a daemon thread of its own (pika:
     one connection per thread). ``own_ready`` is set once the queue exists."""
     # declare=False: agents may configure nothing but their own queue; prefetch 1: one
     # command at a time, in order
-    consumer = Consumer(settings.amqp_url, connection_name, declare=False, prefetch=1)
+    consumer = Consumer(settings.amqp_url, connection_name, declare=False, prefetch=1,
+                        dead_letter_exchange=settings.agent_exchange)
     commands = PasswordCommands(
         instance_id=instance_id, config_path=settings.code_server_config,
         restart_command=settings.code_server_restart_command,
         code_server_url=code_server_url, timeout=settings.password_confirm_seconds,
-        exchange=settings.agent_exchange, publish=consumer.publish_here)
-    consumer.subscribe_own(command_queue(instance_id), commands.handle)
+        exchange=settings.agent_exchange, publish=consumer.publish_here, key=key, tls=tls)
+    # a command acts only from a service (PROTOCOL §2 v2): the VM's user knows the agents'
+    # broker credentials, and must not set another VM's password
+    consumer.subscribe_own(command_queue(instance_id),
+                           from_senders(settings.service_user_names, commands.handle))
     threading.Thread(target=consumer.run, name="commands", daemon=True).start()
     return consumer

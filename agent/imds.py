@@ -29,7 +29,7 @@ from tenacity import (
 from shared.errors import PermanentError, TransientError
 from shared.messages.base import INSTANCE_ID
 
-log = logging.getLogger("workerpool.agent")
+log = logging.getLogger(__name__)
 
 TOKEN_PATH = "/latest/api/token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -55,6 +55,15 @@ class Identity:
     public_ip: str | None
     instance_type: str | None
     availability_zone: str | None
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """The instance identity document (its exact text: the signature is over its bytes) and
+    IMDS's base64 signature of it (PROTOCOL §4 v2)."""
+
+    document: str
+    signature: str
 
 
 def _no_proxy_opener() -> urllib.request.OpenerDirector:
@@ -100,8 +109,10 @@ class Imds:
         return self._token
 
     # --- metadata ---------------------------------------------------------------------
-    def get(self, key: str, *, optional: bool = False) -> str | None:
-        """``/latest/meta-data/<key>`` with the token; None for a 404 when ``optional``."""
+    def get(self, key: str, *, optional: bool = False, base: str = "meta-data",
+            exact: bool = False) -> str | None:
+        """``/latest/<base>/<key>`` with the token; None for a 404 when ``optional``.
+        ``exact``: the answer as served (not stripped), for signed documents."""
         retrying = Retrying(
             retry=retry_if_exception_type(ImdsUnavailable),
             wait=wait_exponential_jitter(multiplier=0.1, max=1.0, jitter=0.05),
@@ -112,11 +123,11 @@ class Imds:
         for attempt in retrying:
             with attempt:
                 req = urllib.request.Request(
-                    f"{self.endpoint}/latest/meta-data/{key}",
+                    f"{self.endpoint}/latest/{base}/{key}",
                     headers={TOKEN_HEADER: self.token()},
                 )
                 try:
-                    return self._send(req, key)
+                    return self._send(req, key, exact=exact)
                 except _NotFound:
                     if optional:
                         return None
@@ -141,8 +152,17 @@ class Imds:
             availability_zone=values["placement/availability-zone"],
         )
 
+    def attestation(self) -> Attestation | None:
+        """The identity document and its signature; None where this IMDS serves none."""
+        document = self.get("instance-identity/document", optional=True, base="dynamic",
+                            exact=True)
+        signature = self.get("instance-identity/signature", optional=True, base="dynamic")
+        if not document or not signature:
+            return None
+        return Attestation(document=document, signature=signature)
+
     # --- one HTTP exchange ------------------------------------------------------------
-    def _send(self, req: urllib.request.Request, what: str) -> str:
+    def _send(self, req: urllib.request.Request, what: str, *, exact: bool = False) -> str:
         try:
             with self._opener.open(req, timeout=self._timeout) as resp:
                 body: bytes = resp.read(MAX_ANSWER_BYTES + 1)
@@ -161,7 +181,8 @@ class Imds:
         if len(body) > MAX_ANSWER_BYTES:
             raise ImdsBadAnswer(f"IMDS answer for {what} is too long")
         try:
-            return body.decode("ascii").strip()
+            text = body.decode("ascii")
+            return text if exact else text.strip()
         except UnicodeDecodeError:
             raise ImdsBadAnswer(f"IMDS answer for {what} is not text") from None
 

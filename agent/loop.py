@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +25,14 @@ from agent.heartbeat import (
     heartbeat_verdict,
     next_step,
 )
-from agent.imds import Identity, Imds, ImdsBadAnswer, ImdsUnavailable
+from agent.imds import Attestation, Identity, Imds, ImdsBadAnswer, ImdsUnavailable
+from agent.keys import AgentKey
 from shared import topology
 from shared.broker import Publisher
 from shared.errors import TransientError, Unroutable
 from shared.messages import Deregister, Heartbeat, Message, Register, now_sent_at
 
-log = logging.getLogger("workerpool.agent")
+log = logging.getLogger(__name__)
 
 IMDS_MAX_WAIT = 10.0  # longest pause between two IMDS attempts while waiting for identity
 
@@ -47,6 +49,7 @@ class Agent:
         *,
         imds: Imds,
         publisher: Publisher,
+        key: AgentKey,
         code_server_url: str,
         timing: Timing,
         wait: Callable[[float], bool],
@@ -57,6 +60,9 @@ class Agent:
     ) -> None:
         self._imds = imds
         self._pub = publisher
+        self._key = key
+        self.tls_fingerprint: str | None = None  # code-server's certificate, when it has one
+        self.tls: ssl.SSLContext | None = None  # pins that certificate for the probe
         self._exchange = exchange  # "" or amq.topic (AGENT_EXCHANGE): both reach the queue
         self._code_server_url = code_server_url
         self.timing = timing
@@ -65,6 +71,7 @@ class Agent:
         self._clock = clock
         self._rand = rand
         self.identity: Identity | None = None
+        self.attestation: Attestation | None = None
         self.state: BeatState | None = None
         self.waiting_for: str | None = "waiting for identity from IMDS"
         self.code_server: tuple[bool, str] = (False, "not probed yet")
@@ -83,6 +90,7 @@ class Agent:
         while True:
             try:
                 self.identity = self._imds.identity()
+                self.attestation = self._imds.attestation()
             except (ImdsUnavailable, ImdsBadAnswer) as exc:
                 self.waiting_for = f"waiting for identity from IMDS: {exc}"
             except Exception as exc:  # a bug must not kill the agent on a VM nobody watches
@@ -90,8 +98,9 @@ class Agent:
                 self.waiting_for = f"waiting for identity from IMDS: {exc!r}"
             else:
                 self.waiting_for = "waiting for the broker to confirm the registration"
-                log.info("identity from IMDS", extra={"event": "identity",
-                                                      **vars(self.identity)})
+                log.info("identity from IMDS", extra={
+                    "event": "identity", **vars(self.identity),
+                    "attested": self.attestation is not None})
                 return self.identity
             log.warning("waiting for IMDS", extra={"event": "waiting", "reason": self.waiting_for,
                                                    "endpoint": self._imds.endpoint,
@@ -154,11 +163,15 @@ class Agent:
     def _register(self) -> Register:
         ident = self.identity
         assert ident is not None
+        proof = self.attestation
         return Register(type="register", instance_id=ident.instance_id,
                         private_ip=ident.private_ip, public_ip=ident.public_ip,
                         instance_type=ident.instance_type,
                         availability_zone=ident.availability_zone,
-                        agent_version=AGENT_VERSION, sent_at=now_sent_at())
+                        agent_version=AGENT_VERSION, sent_at=now_sent_at(),
+                        identity_document=proof.document if proof else None,
+                        identity_signature=proof.signature if proof else None,
+                        agent_key=self._key.public, tls_fingerprint=self.tls_fingerprint)
 
     def _heartbeat(self, healthy: bool) -> Heartbeat:
         assert self.identity is not None
@@ -166,7 +179,8 @@ class Agent:
                          healthy=healthy, sent_at=now_sent_at())
 
     def _probe(self) -> bool:
-        healthy, reason = probe_code_server(self._code_server_url, self.timing.probe_timeout)
+        healthy, reason = probe_code_server(self._code_server_url, self.timing.probe_timeout,
+                                            tls=self.tls)
         if healthy != self.code_server[0]:
             level = logging.INFO if healthy else logging.WARNING
             log.log(level, "code-server %s", "healthy" if healthy else "unhealthy",
@@ -176,8 +190,10 @@ class Agent:
 
     def _publish(self, msg: Message, what: str, state: BeatState) -> str | None:
         """Publish with confirm; None when confirmed, else why not (in words)."""
+        body = msg.to_json()
         try:
-            self._pub.publish(topology.AGENTS, msg.to_json(), exchange=self._exchange)
+            self._pub.publish(topology.AGENTS, body, exchange=self._exchange,
+                              headers={topology.SIGNATURE_HEADER: self._key.sign(body)})
         except Unroutable:
             # the queue is missing (a fresh broker): declare it, then the retry can land
             self._try_declare()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from dispatcher.attestation import AgentCheck, AgentKeys, load_certificates
 from dispatcher.loop import Dispatcher
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
@@ -29,17 +30,22 @@ def main() -> int:
         broker = Broker(s.amqp_url, "dispatcher")
         name = connection_name("dispatcher")
         consumer = Consumer(s.amqp_url, name, prefetch=PREFETCH)
+        metrics = Metrics(rt.health.registry)
+        check = AgentCheck(
+            keys=AgentKeys(store.workers.agent_key),
+            certificates=load_certificates(s.identity_cert) if s.identity_cert else None,
+            on_refused=lambda d, kind: metrics.count_refused(d.queue, kind))
         passwords: Passwords | None = None
         if s.lease_passwords:
             # the agents' confirmations come to a queue of our own, on the consumer's
             # connection; bound to amq.topic too, for agents confined to that exchange
             passwords = Passwords(broker=broker, confirm_queue=confirm_queue(name),
-                                  timeout=s.password_confirm_seconds)
+                                  timeout=s.password_confirm_seconds, check=check)
             consumer.subscribe_own(passwords.confirm_queue, passwords.on_confirm,
                                    bind_exchange=AGENTS_TOPIC_EXCHANGE)
         dispatcher = Dispatcher(settings=s, store=store, asg=asg, broker=broker,
-                                consumer=consumer, metrics=Metrics(rt.health.registry),
-                                passwords=passwords)
+                                consumer=consumer, metrics=metrics, passwords=passwords,
+                                check=check)
         dispatcher.attach()
         rt.health.add_check("broker", dispatcher.broker_check)
         rt.health.add_check("aws", dispatcher.aws_check)
@@ -49,7 +55,8 @@ def main() -> int:
         def ready() -> None:
             if not announced:
                 announced.append(True)
-                rt.ready(threads=s.dispatcher_threads, lease_passwords=s.lease_passwords)
+                rt.ready(threads=s.dispatcher_threads, lease_passwords=s.lease_passwords,
+                         attested=check.attested, client_auth=s.client_auth)
 
         consumer.on_connect(ready)
         dispatcher.run()

@@ -225,6 +225,18 @@ def refused_waiters(remaining: Sequence[Waiter], seen: Outlook | None, now: floa
                  for i, w in enumerate(ordered) if i >= supply)
 
 
+# --- who may act for whom ----------------------------------------------------------------
+def acts_for(client_auth: str, sender: str | None, user_id: str, privileged: frozenset[str]
+             ) -> bool:
+    """Whether a request's sender may act for ``user_id``. ``field``: the request says who
+    it is for. ``broker``: only for the broker user RabbitMQ authenticated (the AMQP user_id
+    property it validated), unless the sender is a service or a gateway (a portal acting
+    for its users)."""
+    if client_auth != "broker":
+        return True
+    return sender is not None and (sender == user_id or sender in privileged)
+
+
 # --- releases ---------------------------------------------------------------------------------
 def release_was_ours(item: dict[str, Any] | None, user_id: str) -> bool:
     """A release whose conditional write failed because this user's release already landed

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,8 +32,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from shared.broker import Delivery
 from shared.errors import ConfigError
 from shared.messages import Register
+from shared.topology import SIGNATURE_HEADER
+
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
@@ -133,9 +138,10 @@ def check_register(register: Register, body: bytes, signature: object,
 def check_signed(recorded_key: str | None, body: bytes, signature: object, *,
                  attested: bool) -> None:
     """Any other agent message of an instance: signed by its recorded key. An instance
-    with no recorded key is a v1 agent's (unsigned, accepted) unless registrations are
-    attested (IDENTITY_CERT), where nothing unproven acts."""
-    if recorded_key is None:
+    with no recorded key (None: not registered; "": registered by a v1 agent) is accepted
+    unsigned unless registrations are attested (IDENTITY_CERT), where nothing unproven
+    acts."""
+    if not recorded_key:
         if attested:
             raise Refused("instance has no attested agent key (it must register first)")
         return
@@ -143,8 +149,10 @@ def check_signed(recorded_key: str | None, body: bytes, signature: object, *,
 
 
 class AgentKeys:
-    """Instance id → its recorded agent key (None: none recorded), cached: a key never
-    changes once fixed, and instance ids are never reused. Thread-safe, bounded."""
+    """Instance id → its recorded agent key, cached once the instance has registered: a
+    key (or its absence, ``""``) never changes once fixed, and instance ids are never
+    reused. An instance not registered yet (None) is read again each time. Thread-safe,
+    bounded."""
 
     def __init__(self, read: Callable[[str], str | None], size: int = 50_000) -> None:
         self._read = read
@@ -154,11 +162,10 @@ class AgentKeys:
 
     def get(self, instance_id: str) -> str | None:
         with self._lock:
-            key = self._known.get(instance_id)
-            if key is not None:
+            if instance_id in self._known:
                 self._known.move_to_end(instance_id)
-                return key
-        key = self._read(instance_id)  # a consistent read; only keys are cached
+                return self._known[instance_id]
+        key = self._read(instance_id)  # a consistent read
         if key is not None:
             self.remember(instance_id, key)
         return key
@@ -169,3 +176,42 @@ class AgentKeys:
             self._known.move_to_end(instance_id)
             while len(self._known) > self._size:
                 self._known.popitem(last=False)
+
+
+class AgentCheck:
+    """What the dispatcher applies to agent messages: attested registrations (with
+    IDENTITY_CERT) and signatures by the recorded key. A refused message is dead-lettered
+    with its reason and counted (``on_refused(delivery, kind)``); it changes nothing."""
+
+    def __init__(self, *, keys: AgentKeys, certificates: Sequence[x509.Certificate] | None,
+                 on_refused: Callable[[Delivery, str], None] = lambda d, kind: None) -> None:
+        self.keys = keys
+        self.certificates = tuple(certificates) if certificates else None
+        self.on_refused = on_refused
+
+    @property
+    def attested(self) -> bool:
+        return self.certificates is not None
+
+    def refuse(self, d: Delivery, kind: str, reason: str) -> None:
+        log.warning("agent message refused: %s", reason,
+                    extra={"queue": d.queue, "refused": kind})
+        self.on_refused(d, kind)
+        d.dead_letter(reason)
+
+    def register_key(self, d: Delivery, register: Register) -> str | None:
+        """The key a register may fix; Refused when it is not proven (not yet refused:
+        the caller refuses it, with the register's own ids)."""
+        return check_register(register, d.body, d.headers.get(SIGNATURE_HEADER),
+                              self.certificates)
+
+    def verified(self, d: Delivery, instance_id: str) -> bool:
+        """Whether this message of the instance is signed as its recorded key requires; a
+        refused one is dead-lettered."""
+        try:
+            check_signed(self.keys.get(instance_id), d.body, d.headers.get(SIGNATURE_HEADER),
+                         attested=self.attested)
+            return True
+        except Refused as exc:
+            self.refuse(d, "signature", f"{exc.reason} (instance {instance_id})")
+            return False

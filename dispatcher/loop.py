@@ -26,9 +26,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from dispatcher import assign
+from dispatcher import assign, replies
 from dispatcher.agents import AgentService
+from dispatcher.attestation import AgentCheck, AgentKeys
 from dispatcher.claims import ClaimService
 from dispatcher.leases import LeaseService
 from dispatcher.membership import AsgMembers
@@ -37,7 +39,7 @@ from dispatcher.passwords import Passwords
 from dispatcher.waiting import WaitingRoom
 from shared import topology
 from shared.asg import Asg
-from shared.broker import BrokerLike, ConsumerLike, Delivery
+from shared.broker import BrokerLike, ConsumerLike, Delivery, Handler, from_senders
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
 from shared.errors import InvalidMessage
@@ -54,6 +56,7 @@ from shared.messages import (
     ShortageEvent,
     decode,
     now_sent_at,
+    unknown_fields,
 )
 from shared.store import Store
 from shared.ticker import Ticker
@@ -67,7 +70,8 @@ AWS_CHECK_SECONDS = 5.0
 class Dispatcher:
     def __init__(self, *, settings: Settings, store: Store, asg: Asg, broker: BrokerLike,
                  consumer: ConsumerLike, metrics: Metrics, clock: Clock | None = None,
-                 passwords: Passwords | None = None, ticker: Ticker | None = None) -> None:
+                 passwords: Passwords | None = None, ticker: Ticker | None = None,
+                 check: AgentCheck | None = None) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
@@ -85,6 +89,11 @@ class Dispatcher:
                                    clock=self.clock, metrics=metrics)
         self.agents = AgentService(store=store, members=self.members, asg_name=asg.name,
                                    clock=self.clock, metrics=metrics,
+                                   check=check or AgentCheck(
+                                       keys=AgentKeys(store.workers.agent_key),
+                                       certificates=None,
+                                       on_refused=lambda d, k: metrics.count_refused(
+                                           d.queue, k)),
                                    dead_after=settings.dead_after)
         self.waiting = WaitingRoom(settings=settings, claims=self.claims, clock=self.clock)
         self._pending = 0
@@ -101,8 +110,9 @@ class Dispatcher:
         c.subscribe(topology.CLAIMS, self.on_claim)
         c.subscribe(topology.LEASES, self.on_lease)
         c.subscribe(topology.AGENTS, self.on_agent)
-        c.subscribe(topology.WAITING, self.on_waiting)
-        c.subscribe_fanout(topology.CAPACITY_EXCHANGE, self.on_capacity)
+        # internal queues: only our own services' messages act (PROTOCOL §2 v2)
+        c.subscribe(topology.WAITING, self._trusted(self.on_waiting))
+        c.subscribe_fanout(topology.CAPACITY_EXCHANGE, self._trusted(self.on_capacity))
         t = self.ticker
         t.every(self.settings.wait_poll_interval,
                 lambda: self._singleton("serve", self.waiting.serve))
@@ -163,14 +173,17 @@ class Dispatcher:
 
         self._submit(run, on_error=lambda: None)
 
+    def _trusted(self, handler: Handler) -> Handler:
+        def count(d: Delivery) -> None:
+            self.metrics.count_refused(d.queue, "untrusted sender")
+
+        return from_senders(self.settings.service_user_names, handler, on_refused=count)
+
     # --- handlers (consumer thread) ------------------------------------------------------
     def on_claim(self, d: Delivery) -> None:
         received = self.clock.now()
-        try:
-            req = decode(ClaimRequest, d.body)
-        except InvalidMessage as exc:
-            self._reject(d, ClaimReply(request_id=exc.request_id, status="rejected",
-                                       reason=exc.reason))
+        req = self._admit(d, ClaimRequest, ClaimReply)
+        if req is None:
             self.metrics.claims.labels(outcome="rejected").inc()
             return
         if not d.reply_to:
@@ -179,21 +192,18 @@ class Dispatcher:
         self._submit(lambda: self.claims.handle(d, req, received), d)
 
     def on_waiting(self, d: Delivery) -> None:
-        req = decode(ClaimRequest, d.body)  # InvalidMessage: the consumer dead-letters it
+        req = self._decode(d, ClaimRequest)
         self.waiting.add(d, req)
         self.metrics.waiting.set(len(self.waiting))
 
     def on_lease(self, d: Delivery) -> None:
-        try:
-            req = decode(LeaseRequest, d.body)
-        except InvalidMessage as exc:
-            self._reject(d, LeaseReply(request_id=exc.request_id, status="rejected",
-                                       reason=exc.reason))
-            return
-        self._submit(lambda: self.leases.handle(d, req), d)
+        req = self._admit(d, LeaseRequest, LeaseReply)
+        if req is not None:
+            self._submit(lambda: self.leases.handle(d, req), d)
 
     def on_agent(self, d: Delivery) -> None:
-        msg = decode(AgentMessage, d.body)  # InvalidMessage: the consumer dead-letters it
+        msg = self._decode(d, AgentMessage)
+        self._count_unknown(msg, msg.type)
         if isinstance(msg, Heartbeat):
             if self.agents.queue_heartbeat(d, msg):
                 self._submit(lambda: self.agents.write_heartbeats(msg.instance_id),
@@ -205,13 +215,49 @@ class Dispatcher:
             self._submit(lambda: self.agents.deregister(d, msg), d)
 
     def on_capacity(self, d: Delivery) -> None:
-        self.waiting.outlook = assign.outlook(decode(CapacityStatus, d.body))
+        self.waiting.outlook = assign.outlook(self._decode(d, CapacityStatus))
         d.ack()
 
-    def _reject(self, d: Delivery, reply: ClaimReply | LeaseReply) -> None:
-        """A request that cannot be parsed: a dead-letter entry, then a ``rejected`` reply."""
+    def _decode(self, d: Delivery, kind: Any) -> Any:
+        """A message that needs no reply: InvalidMessage is counted here and dead-lettered
+        with its reason by the consumer."""
+        try:
+            return decode(kind, d.body)
+        except InvalidMessage:
+            self.metrics.count_refused(d.queue, "invalid")
+            raise
+
+    # --- admitting a client's request ---------------------------------------------------
+    def _admit(self, d: Delivery, kind: Any, reply: type[ClaimReply] | type[LeaseReply]
+               ) -> Any:
+        """The decoded request, if valid and its sender may act for its user_id
+        (CLIENT_AUTH); else None, after a dead-letter entry and a ``rejected`` reply."""
+        try:
+            req = decode(kind, d.body)
+        except InvalidMessage as exc:
+            self._reject(d, reply(request_id=exc.request_id, status="rejected",
+                                  reason=exc.reason), "invalid")
+            return None
+        self._count_unknown(req, getattr(req, "type", "claim"))
+        s = self.settings
+        if not assign.acts_for(s.client_auth, d.user_id, req.user_id,
+                               s.service_user_names | s.gateway_user_names):
+            self._reject(d, reply(request_id=req.request_id, status="rejected",
+                                  reason=replies.USER_ID_NOT_SENDER), "user_id")
+            return None
+        return req
+
+    def _count_unknown(self, msg: Any, kind: str) -> None:
+        extra = unknown_fields(msg)
+        if extra:
+            self.metrics.unknown_fields.labels(type=kind).inc(len(extra))
+            log.debug("unknown fields ignored", extra={"type": kind, "fields": extra})
+
+    def _reject(self, d: Delivery, reply: ClaimReply | LeaseReply, kind: str) -> None:
+        """A refused request: a dead-letter entry, then a ``rejected`` reply."""
         log.warning("request rejected", extra={"request_id": reply.request_id,
                                                "reason": reply.reason, "queue": d.queue})
+        self.metrics.count_refused(d.queue, kind)
         d.dead_letter(reply.reason or "invalid request", reply=reply.to_json())
 
     # --- shortage --------------------------------------------------------------------------

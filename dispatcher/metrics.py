@@ -38,6 +38,18 @@ class Metrics:
             "workerpool_leases_lost_on_recheck_total",
             "Leases our conditional write made but a re-read found another's (only against "
             "an emulator whose writes are not atomic: LEASE_RECHECK_SECONDS)", registry=registry)
+        self.refused = Counter(
+            "workerpool_refused_messages_total",
+            "Messages refused and dead-lettered, by queue and reason (untrusted sender, "
+            "user_id, unattested, signature, agent key, not in asg, invalid)",
+            ["queue", "reason"], registry=registry)
+        self.unknown_fields = Counter(
+            "workerpool_unknown_fields_total",
+            "Fields of accepted messages that this version does not know (ignored), by "
+            "message type", ["type"], registry=registry)
         self.passwords = Counter("workerpool_lease_passwords_total",
                                  "Per-lease code-server passwords, by result "
                                  "(set, not_confirmed)", ["result"], registry=registry)
+
+    def count_refused(self, queue: str, kind: str) -> None:
+        self.refused.labels(queue=queue, reason=kind).inc()

@@ -17,6 +17,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
+from dispatcher.attestation import AgentCheck
 from shared.broker import BrokerLike, Delivery
 from shared.errors import Unroutable
 from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
@@ -52,8 +53,10 @@ class _PendingCommand:
 class Passwords:
     """Thread-safe: ``set_for`` from claim threads, ``on_confirm`` from the consumer thread."""
 
-    def __init__(self, *, broker: BrokerLike, confirm_queue: str, timeout: float) -> None:
+    def __init__(self, *, broker: BrokerLike, confirm_queue: str, timeout: float,
+                 check: AgentCheck | None = None) -> None:
         self.broker = broker
+        self.check = check  # confirmations are agent messages: signed by the agent's key
         self.confirm_queue = confirm_queue
         self.timeout = timeout
         self._waiting: dict[str, _PendingCommand] = {}
@@ -97,6 +100,8 @@ class Passwords:
         """A ``password_set`` from an agent (consumer thread). Unknown or late ones are
         dropped; an invalid one is dead-lettered by the consumer (InvalidMessage)."""
         msg: PasswordSet = decode(PasswordSet, d.body)
+        if self.check is not None and not self.check.verified(d, msg.instance_id):
+            return
         with self._lock:
             pending = self._waiting.get(msg.command_id)
         if pending is not None and pending.instance_id == msg.instance_id:

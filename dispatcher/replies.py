@@ -22,6 +22,9 @@ PASSWORD_NOT_CONFIRMED = "password not confirmed"
 PASSWORD_SENT_ONCE = ("password: sent only in the first reply for this lease (never stored); "
                       "release the worker and claim again for a new one")
 LEASE_STATUSES = ("released", "renewed", "not_found")
+#: A request refused under CLIENT_AUTH=broker: its user_id is not the sender's broker user.
+USER_ID_NOT_SENDER = ("user_id: does not match the broker user that sent the request "
+                      "(CLIENT_AUTH=broker)")
 
 
 # --- claims ---------------------------------------------------------------------------------
@@ -30,7 +33,8 @@ def assigned_reply(request_id: str, worker: Worker, port: int) -> ClaimReply:
     return ClaimReply(
         request_id=request_id, status="assigned", reason=None,
         worker=WorkerInfo(instance_id=worker.instance_id, public_ip=worker.public_ip,
-                          private_ip=worker.private_ip, url=worker.url(port), password=None),
+                          private_ip=worker.private_ip, url=worker.url(port), password=None,
+                          tls_fingerprint=worker.tls_fingerprint),
         lease_expiry=iso(worker.lease_expiry) if worker.lease_expiry else None,
     )
 
@@ -46,7 +50,8 @@ def repeated_claim_reply(request_id: str, outcome: dict[str, Any], worker: Worke
             worker = Worker(instance_id=str(outcome["instance_id"]), status="draining",
                             last_heartbeat=0.0, public_ip=outcome.get("public_ip"),
                             private_ip=outcome.get("private_ip"),
-                            lease_expiry=float(outcome.get("lease_expiry") or 0))
+                            lease_expiry=float(outcome.get("lease_expiry") or 0),
+                            tls_fingerprint=outcome.get("tls_fingerprint"))
         return assigned_reply(request_id, worker, port)
     if status == "unavailable":
         return ClaimReply(request_id=request_id, status="unavailable",

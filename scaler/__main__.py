@@ -30,11 +30,14 @@ def main() -> int:
             capacity.publish("", status.to_json(), exchange=topology.CAPACITY_EXCHANGE,
                              mandatory=False)
 
+        metrics = ScalerMetrics(rt.health.registry)
         scaler = Scaler(
-            settings=s, store=store, asg=asg, metrics=ScalerMetrics(rt.health.registry),
+            settings=s, store=store, asg=asg, metrics=metrics,
             publish_capacity=publish_capacity,
             leadership=Leadership(store, name="scaler", owner=name, ttl=s.lock_ttl_seconds),
-            open_feed=lambda: EventFeed(scaling_consumer(s.amqp_url, name)),
+            open_feed=lambda: EventFeed(
+                scaling_consumer(s.amqp_url, name), senders=s.service_user_names,
+                on_refused=lambda d: metrics.refused.labels(reason="untrusted sender").inc()),
             stopping=lambda: rt.stopping)
 
         def aws_probe() -> dict[str, object]:

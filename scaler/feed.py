@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 from shared import topology
-from shared.broker import Consumer, ConsumerLike, Delivery
+from shared.broker import Consumer, ConsumerLike, Delivery, from_senders
 from shared.messages import LeasedEvent, ScalingEvent, ShortageEvent, decode
 
 #: How often the feed's consumer looks at its connection.
@@ -28,10 +29,14 @@ def scaling_consumer(url: str, name: str) -> Consumer:
 class EventFeed:
     """The consumer of workerpool.scaling, on its own thread, for as long as we are active."""
 
-    def __init__(self, consumer: ConsumerLike) -> None:
+    def __init__(self, consumer: ConsumerLike, *, senders: frozenset[str],
+                 on_refused: Callable[[Delivery], None] | None = None) -> None:
         self.inbox: queue.SimpleQueue[ShortageEvent | LeasedEvent] = queue.SimpleQueue()
         self.consumer = consumer
-        self.consumer.subscribe(topology.SCALING, self._on_event)
+        # an internal queue: only the dispatchers' (SERVICE_USERS) events act; a forged
+        # shortage must not push the ASG to MaxSize
+        self.consumer.subscribe(topology.SCALING,
+                                from_senders(senders, self._on_event, on_refused=on_refused))
         self._thread = threading.Thread(target=self.consumer.run, name="scaling-events",
                                         daemon=True)
         self._thread.start()

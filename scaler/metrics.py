@@ -37,4 +37,7 @@ class ScalerMetrics:
                                            "one reconcile pass", registry=r)
         self.errors = Counter("workerpool_scaler_errors_total", "reconcile passes that failed",
                               registry=r)
+        self.refused = Counter("workerpool_refused_messages_total",
+                               "events refused and dead-lettered, by reason", ["reason"],
+                               registry=r)
         self.capacity_ok.set(1)

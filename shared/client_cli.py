@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-from shared import topology
+from shared import client_state, topology
 from shared.clock import iso
 
 EXIT = {"assigned": 0, "released": 0, "renewed": 0, "unavailable": 1, "not_found": 1,
@@ -96,9 +96,12 @@ def cmd_claim(args: argparse.Namespace) -> int:
                  f"  public ip:    {w.get('public_ip') or '-'}",
                  f"  private ip:   {w.get('private_ip') or '-'}",
                  f"  lease until:  {reply['lease_expiry']}"]
+        if w.get("tls_fingerprint"):
+            lines.append(f"  certificate:  SHA-256 {w['tls_fingerprint']}")
         if w.get("password"):
             lines.append(f"  password:     {w['password']}")
         human = "\n".join(lines)
+        client_state.remember(args.user, reply)
     else:
         human = f"{reply['status']}: {reply.get('reason')}"
     return _finish(reply, args, human)
@@ -123,7 +126,47 @@ def _lease_call(args: argparse.Namespace, kind: str) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    return _lease_call(args, "release")
+    code = _lease_call(args, "release")
+    if code == 0:
+        client_state.forget(args.user, args.instance)
+    return code
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    """Open the worker's code-server in a browser, after checking that the server presents
+    the certificate the worker's attested agent registered."""
+    import webbrowser
+
+    from shared.fingerprint import presented, same
+
+    url, expected = args.url, args.fingerprint
+    if url is None:
+        record = client_state.last(args.user)
+        if record is None or not record.get("url"):
+            print(f"workerpool open: no worker claimed by {args.user} on this machine; "
+                  "claim one, or give its URL", file=sys.stderr)
+            return 2
+        url, expected = record["url"], expected or record.get("tls_fingerprint")
+    if url.startswith("https://"):
+        if not expected:
+            print("workerpool open: no certificate fingerprint to check (give --fingerprint)",
+                  file=sys.stderr)
+            return 2
+        try:
+            seen = presented(url)
+        except OSError as exc:
+            print(f"workerpool open: {url} does not answer: {exc}", file=sys.stderr)
+            return 3
+        if not same(seen, expected):
+            print(f"workerpool open: {url} presents certificate SHA-256 {seen}, not the "
+                  f"worker's {expected}: not opened (someone may be in between)",
+                  file=sys.stderr)
+            return 1
+        print(f"certificate checked: SHA-256 {seen}")
+    print(url)
+    if not args.no_browser:
+        webbrowser.open(url)
+    return 0
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
@@ -248,6 +291,13 @@ def add_commands(sub: Any) -> None:
         p.add_argument("--timeout", type=float, default=30)
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("open", help="open your worker's code-server, its certificate checked")
+    p.add_argument("--user", required=True, help="whose last claimed worker")
+    p.add_argument("--url", help="a worker URL (default: your last claimed worker's)")
+    p.add_argument("--fingerprint", help="the certificate's SHA-256 (default: from the claim)")
+    p.add_argument("--no-browser", action="store_true", help="check and print, do not open")
+    p.set_defaults(func=cmd_open)
 
     p = sub.add_parser("status", help="the pool at a glance (needs AWS access: a Scan)")
     p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     gateway_users: str = ""
     #: v2, agent: where its Ed25519 key is kept (mode 0600), made on first start.
     agent_key_file: str = Field(default="/var/lib/workerpool/agent.key", min_length=1)
+    #: agent: where it makes code-server's TLS certificate at first start (code-server's
+    #: ``cert``/``cert-key``); unset: code-server serves plain HTTP (docs/deploy.md).
+    code_server_tls_dir: str | None = None
 
     # --- our own (documented in README "Variables") ------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -25,9 +25,15 @@ class Worker:
     reason: str | None = None  # why draining / dead
     instance_type: str | None = None
     availability_zone: str | None = None
+    tls_fingerprint: str | None = None  # code-server's certificate (SHA-256), if it serves TLS
 
     def url(self, port: int) -> str:
-        return f"http://{self.public_ip or self.private_ip}:{port}"
+        """code-server's address: https when the worker registered a TLS certificate."""
+        scheme = "https" if self.tls_fingerprint else "http"
+        host = self.public_ip or self.private_ip or ""
+        if ":" in host:  # IPv6
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{port}"
 
 
 @dataclass(frozen=True)

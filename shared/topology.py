@@ -31,6 +31,12 @@ AGENTS_TOPIC_EXCHANGE = "amq.topic"
 REASON_HEADER = "x-workerpool-reason"
 #: Header that names the queue a dead-lettered message came from.
 SOURCE_HEADER = "x-workerpool-source-queue"
+#: Header that names the broker user who sent a dead-lettered message (its user_id).
+SENDER_HEADER = "x-workerpool-sender"
+#: Header with an agent's Ed25519 signature of the exact body (PROTOCOL §4 v2), base64.
+SIGNATURE_HEADER = "x-workerpool-signature"
+#: The reason a message from a broker user outside SERVICE_USERS is dead-lettered with.
+UNTRUSTED_SENDER = "untrusted sender"
 #: Header set on waiting claims: epoch microseconds when the claim first arrived.
 ARRIVED_HEADER = "x-workerpool-arrived-at"
 
@@ -84,7 +90,11 @@ POLICIES: tuple[dict[str, Any], ...] = (
 EXCHANGES: tuple[tuple[str, str], ...] = ((CAPACITY_EXCHANGE, "fanout"),)
 
 #: (exchange, queue, routing key) bindings declared with the queues.
-BINDINGS: tuple[tuple[str, str, str], ...] = ((AGENTS_TOPIC_EXCHANGE, AGENTS, AGENTS),)
+BINDINGS: tuple[tuple[str, str, str], ...] = (
+    (AGENTS_TOPIC_EXCHANGE, AGENTS, AGENTS),
+    # an agent confined to amq.topic dead-letters a refused command through it
+    (AGENTS_TOPIC_EXCHANGE, DEAD_LETTER, DEAD_LETTER),
+)
 
 
 def definitions(vhost: str = "/") -> dict[str, Any]:

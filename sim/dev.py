@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Timings for a local pool: a whole lifecycle in seconds, not minutes. Any of them can be
@@ -181,7 +182,21 @@ def _environment(args: argparse.Namespace) -> dict[str, str]:
         env["ASG_MAX_SIZE"] = str(args.max)
     env["HEALTH_PORT"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
+    _attestation(env)
     return env
+
+
+def _attestation(env: dict[str, str]) -> None:
+    """Attestation and TLS on, as on AWS: the simulated IMDS signs identity documents with a
+    local key (kept in .cache/dev/), whose certificate the dispatchers get as IDENTITY_CERT;
+    each simulated code-server serves https with the certificate its agent registers."""
+    from sim.identity import CERT_FILE, KEY_FILE, IdentityAuthority
+
+    state = Path(env.get("WORKERPOOL_DEV_STATE", ".cache/dev")).resolve()
+    IdentityAuthority.in_dir(state)
+    env.setdefault("IDENTITY_CERT", str(state / CERT_FILE))
+    env.setdefault("FLEET_IDENTITY_KEY", str(state / KEY_FILE))
+    env.setdefault("FLEET_TLS", "1")  # code-server over https, as on a real VM
 
 
 def _prepare(dev: Dev, env: dict[str, str], amqp_url: str) -> None:

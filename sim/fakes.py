@@ -16,12 +16,15 @@ import hashlib
 import hmac
 import json
 import secrets
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from sim.identity import IdentityAuthority, document
 
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -37,6 +40,8 @@ class SeenRequest:
 class _Server:
     """A ThreadingHTTPServer on 127.0.0.1:<free port> with start/stop."""
 
+    scheme = "http"
+
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -46,7 +51,7 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> Any:
         # a short poll interval: stop() (and so every test teardown) waits for one poll
@@ -117,9 +122,11 @@ class _ImdsHandler(_Handler):
         if not fake._valid(self.headers.get(TOKEN_HEADER)):
             self._send(401, "Unauthorized")  # what IMDS says when IMDSv2 is required
             return
-        prefix = "/latest/meta-data/"
-        value = fake.metadata().get(self.path[len(prefix):]) if self.path.startswith(
-            prefix) else None
+        value = None
+        for prefix, values in (("/latest/meta-data/", fake.metadata),
+                               ("/latest/dynamic/", fake.dynamic)):
+            if self.path.startswith(prefix):
+                value = values().get(self.path[len(prefix):])
         if value is None:
             self._send(404, "Not Found")
         else:
@@ -135,8 +142,11 @@ class FakeImds(_Server):
 
     def __init__(self, *, instance_id: str, private_ip: str | None = "10.0.1.5",
                  public_ip: str | None = "203.0.113.10", instance_type: str = "t3.medium",
-                 availability_zone: str = "us-east-1a") -> None:
+                 availability_zone: str = "us-east-1a",
+                 authority: IdentityAuthority | None = None) -> None:
         super().__init__(_ImdsHandler)
+        self.authority = authority  # set: serves a signed identity document
+        self._document: str | None = None
         self.instance_id = instance_id
         self.private_ip = private_ip
         self.public_ip = public_ip
@@ -156,6 +166,20 @@ class FakeImds(_Server):
             "instance-type": self.instance_type,
             "placement/availability-zone": self.availability_zone,
         }
+
+    def dynamic(self) -> dict[str, str | None]:
+        """``/latest/dynamic/``: the identity document and its signature (with an
+        authority; a 404 without, as an IMDS that does not sign)."""
+        if self.authority is None:
+            return {}
+        if self._document is None:  # one document per instance, as IMDS serves
+            self._document = document(instance_id=self.instance_id,
+                                      private_ip=self.private_ip,
+                                      instance_type=self.instance_type,
+                                      availability_zone=self.availability_zone)
+        doc = self._document
+        return {"instance-identity/document": doc,
+                "instance-identity/signature": self.authority.sign(doc)}
 
     def tokenless_requests(self) -> list[SeenRequest]:
         """Requests that an IMDSv2-only instance would refuse (GETs without a token)."""
@@ -202,8 +226,16 @@ class FakeCodeServer(_Server):
     checks a password against that hash the way code-server does (SHA-256 hex form).
     """
 
-    def __init__(self, config_path: str | Path | None = None) -> None:
+    def __init__(self, config_path: str | Path | None = None,
+                 tls_dir: str | Path | None = None) -> None:
         super().__init__(_CodeServerHandler)
+        if tls_dir is not None:  # serve https with the certificate the agent made there
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(Path(tls_dir) / "code-server.crt",
+                                Path(tls_dir) / "code-server.key")
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
+        self.tls_dir = Path(tls_dir) if tls_dir is not None else None
         self.healthy = True
         self.probes = 0
         self.config_path = Path(config_path) if config_path else None

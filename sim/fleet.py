@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.tls import ensure_certificate
 from shared.asg import Asg
 from shared.config import Settings
 from shared.errors import WorkerpoolError
@@ -34,6 +35,7 @@ from shared.runtime import Runtime
 from sim.fakes import FakeCodeServer, FakeImds
 from sim.fleetctl import ControlServer
 from sim.fleetplan import new_instances, plan
+from sim.identity import IdentityAuthority
 from sim.vm import SimVm, agent_env, made_up_addresses, start_agent
 
 log = logging.getLogger("workerpool.fleet")
@@ -44,8 +46,11 @@ STOP_GRACE = 7.0  # SIGTERM → SIGKILL for agents when the fleet stops (fleet e
 
 class Fleet:
     def __init__(self, *, settings: Settings, asg: Asg, fail_boot: set[str],
-                 fail_next: int) -> None:
+                 fail_next: int, authority: IdentityAuthority | None = None,
+                 tls: bool = False) -> None:
         self.settings = settings
+        self.authority = authority  # signs each VM's identity document (FLEET_IDENTITY_KEY)
+        self.tls = tls  # code-server over https, as on a real VM (FLEET_TLS)
         self.asg = asg
         self.fail_boot = fail_boot
         self.fail_next = fail_next
@@ -115,11 +120,20 @@ class Fleet:
     def _start(self, vm: SimVm) -> None:
         if vm.imds is None:
             vm.addresses = self._addresses(vm.instance_id)
-            vm.imds = FakeImds(instance_id=vm.instance_id, **vm.addresses).start()
+            vm.imds = FakeImds(instance_id=vm.instance_id, authority=self.authority,
+                               **vm.addresses).start()
+            tls_dir = None
+            if self.tls:  # the agent makes it at its first start; here first, for the fake
+                tls_dir = self.config_dir / vm.instance_id / "tls"
+                ensure_certificate(tls_dir, [vm.addresses.get("private_ip"),
+                                             vm.addresses.get("public_ip")])
             vm.code_server = FakeCodeServer(
-                config_path=self.config_dir / vm.instance_id / "config.yaml").start()
+                config_path=self.config_dir / vm.instance_id / "config.yaml",
+                tls_dir=tls_dir).start()
         assert vm.code_server is not None
-        start_agent(vm, agent_env(self.settings, vm.imds, vm.code_server), self._out_lock)
+        env = agent_env(self.settings, vm.imds, vm.code_server,
+                        key_file=self.config_dir / vm.instance_id / "agent.key")
+        start_agent(vm, env, self._out_lock)
         assert vm.proc is not None
         log.info("agent started", extra={"instance_id": vm.instance_id, "pid": vm.proc.pid,
                                          "imds": vm.imds.url, "starts": vm.starts})
@@ -211,8 +225,11 @@ def main() -> int:
     with Runtime("fleet") as rt:
         s = rt.settings
         fail_ids, fail_next = parse_fail_boot(os.environ.get("FLEET_FAIL_BOOT", ""))
+        key = os.environ.get("FLEET_IDENTITY_KEY")
         fleet = Fleet(settings=s, fail_boot=fail_ids, fail_next=fail_next,
-                      asg=Asg.from_settings(s))
+                      asg=Asg.from_settings(s),
+                      authority=IdentityAuthority.from_key_file(key) if key else None,
+                      tls=os.environ.get("FLEET_TLS", "") not in ("", "0", "false"))
 
         def aws_check() -> tuple[bool, str]:
             last = fleet.last_describe_ok
@@ -223,7 +240,7 @@ def main() -> int:
         control = ControlServer(fleet, port=int(os.environ.get("FLEET_CONTROL_PORT", "0")))
         control.start()
         fleet.tick(time.monotonic())
-        rt.ready(control_port=control.port, asg=s.asg_name)
+        rt.ready(control_port=control.port, asg=s.asg_name, attested=key is not None)
         try:
             while not rt.wait(POLL_SECONDS):
                 fleet.tick(time.monotonic())

@@ -14,6 +14,7 @@ import sys
 import threading
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from shared.config import Settings
@@ -68,9 +69,10 @@ def made_up_addresses(instance_id: str) -> dict[str, Any]:
             "instance_type": "t3.medium", "availability_zone": "us-east-1a"}
 
 
-def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer
-              ) -> dict[str, str]:
-    """The environment of a VM's agent: ours, pointed at its fakes, without AWS access."""
+def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer, *,
+              key_file: Path) -> dict[str, str]:
+    """The environment of a VM's agent: ours, pointed at its fakes (and its own key file,
+    as on its own disk), without AWS access."""
     env = {**os.environ,
            "AMQP_URL": settings.amqp_url,
            "HEARTBEAT_INTERVAL": repr(settings.heartbeat_interval),
@@ -80,6 +82,9 @@ def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer
            "CODE_SERVER_URL": code_server.url,
            # per-lease passwords land in this VM's own config file
            "CODE_SERVER_CONFIG": str(code_server.config_path),
+           "AGENT_KEY_FILE": str(key_file),
+           **({"CODE_SERVER_TLS_DIR": str(code_server.tls_dir)} if code_server.tls_dir
+              else {}),
            "PYTHONUNBUFFERED": "1"}
     for leak in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(leak, None)  # a real VM's agent has no AWS credentials and needs none

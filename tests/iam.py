@@ -82,6 +82,20 @@ def policy(template: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     raise KeyError(f"{ROLE} has no policy named {POLICY_NAME}")
 
 
+BOOT_POLICY_NAME = "workerpool-boot"
+
+
+def boot_policy(role: str, template: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The statements of a role's ``workerpool-boot`` policy: what its instance's boot script
+    reads (the broker passwords in Secrets Manager). Separate from ``workerpool-services``,
+    which the services' recorded calls must match both ways: the services never call it."""
+    template = template or load_template()
+    for pol in template["Resources"][role]["Properties"].get("Policies", []):
+        if pol["PolicyName"] == BOOT_POLICY_NAME:
+            return list(pol["PolicyDocument"]["Statement"])
+    raise KeyError(f"{role} has no policy named {BOOT_POLICY_NAME}")
+
+
 def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 

@@ -47,6 +47,7 @@ class Message:
     headers: dict[str, Any] = field(default_factory=dict)
     persistent: bool = True
     redelivered: bool = False
+    user_id: str | None = None
 
 
 @dataclass
@@ -59,7 +60,8 @@ class _Queue:
 
 
 class StubBroker:
-    def __init__(self, *, declare: bool = True) -> None:
+    def __init__(self, *, declare: bool = True, user: str = "guest") -> None:
+        self.user = user  # the broker user of this "connection": every message's user_id
         self._cond = threading.Condition(threading.RLock())
         self.queues: dict[str, _Queue] = {}
         self.exchanges: dict[str, str] = {"amq.topic": "topic", "amq.fanout": "fanout"}
@@ -88,9 +90,9 @@ class StubBroker:
     def publish(self, routing_key: str, body: bytes, *, exchange: str = "",
                 reply_to: str | None = None, correlation_id: str | None = None,
                 headers: dict[str, Any] | None = None, mandatory: bool = True,
-                persistent: bool = True) -> None:
+                persistent: bool = True, user_id: str | None = None) -> None:
         msg = Message(body, exchange, routing_key, reply_to, correlation_id,
-                      dict(headers or {}), persistent)
+                      dict(headers or {}), persistent, user_id=user_id or self.user)
         with self._cond:
             if not exchange and routing_key.startswith(DIRECT_REPLY_TO):
                 self.replies.setdefault(correlation_id or "", []).append(body)
@@ -118,6 +120,11 @@ class StubBroker:
 
     def publisher(self) -> StubBroker:
         return self
+
+    def as_user(self, user: str) -> _As:
+        """A publisher on this broker that authenticates as ``user`` (another broker user,
+        e.g. a client or an attacker with their own credentials)."""
+        return _As(self, user)
 
     def close(self) -> None:
         pass
@@ -367,7 +374,8 @@ class StubConsumer:
         d = Delivery(queue=qname, body=msg.body, delivery_tag=tag,
                      redelivered=msg.redelivered, reply_to=msg.reply_to,
                      correlation_id=msg.correlation_id, headers=dict(msg.headers),
-                     _settle=self._settle, _generation=self._generation)
+                     _settle=self._settle, _generation=self._generation,
+                     user_id=msg.user_id)
         try:
             run_handler(handler, d)
         except LOST:  # as the real consumer: the connection is gone, reconnect
@@ -391,6 +399,23 @@ class StubConsumer:
         elif how == "reject":
             self.broker.rejected.append((qname, msg))
         self.broker._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _As:
+    """``StubBroker.as_user``: publish (and send requests) as another broker user."""
+
+    broker: StubBroker
+    user: str
+
+    def publish(self, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        self.broker.publish(routing_key, body, user_id=self.user, **kwargs)
+
+    def send(self, queue: str, body: bytes, correlation_id: str | None = None) -> str:
+        cid = correlation_id or uuid.uuid4().hex
+        self.publish(queue, body, reply_to=DIRECT_REPLY_TO, correlation_id=cid,
+                     mandatory=False)
+        return cid
 
 
 class ManualTicker:

@@ -30,7 +30,7 @@ from shared.broker.connection import (
     connection_parameters,
 )
 from shared.broker.consumer import Consumer
-from shared.broker.delivery import Delivery, Handler
+from shared.broker.delivery import Delivery, Handler, from_senders
 from shared.broker.interface import BrokerLike, ConsumerLike, DeliveryLike, PublisherLike
 from shared.broker.publisher import Broker, Publisher, properties, publish_on
 from shared.broker.rpc import RpcClient
@@ -46,6 +46,7 @@ __all__ = [
     "Consumer",
     "ConsumerLike",
     "Delivery",
+    "from_senders",
     "DeliveryLike",
     "Handler",
     "Publisher",

@@ -65,6 +65,14 @@ def connection_parameters(url: str, name: str) -> pika.URLParameters:
     return params
 
 
+def broker_user(url: str) -> str:
+    """The user a connection to ``url`` authenticates as (pika's default: guest). Every
+    message we publish carries it as the AMQP ``user_id`` property, which RabbitMQ checks
+    against the connection's user (a mismatch closes the channel), so a receiver can trust
+    it (PROTOCOL §2 v2)."""
+    return str(pika.URLParameters(url).credentials.username)
+
+
 def connect(url: str, name: str) -> BlockingConnection:
     """A new blocking connection, or ``BrokerUnavailable`` naming the (redacted) URL."""
     try:

@@ -26,6 +26,7 @@ from shared.broker.admin import declare_topology
 from shared.broker.connection import (
     CONNECTION_ERRORS,
     LOST,
+    broker_user,
     close_quietly,
     connect,
     reconnecting,
@@ -46,8 +47,12 @@ class Consumer:
     """
 
     def __init__(self, url: str, name: str, *, prefetch: int = 50, declare: bool = True,
-                 tick: float = 0.2) -> None:
+                 tick: float = 0.2, dead_letter_exchange: str = "") -> None:
         self._url = url
+        #: where our dead-letter copies go: the default exchange, or amq.topic for a user
+        #: confined to it (agents, AGENT_EXCHANGE); both reach workerpool.dead-letter
+        self._dead_letter_exchange = dead_letter_exchange
+        self._user = broker_user(url)
         self._name = name
         self._prefetch = prefetch
         self._declare = declare
@@ -186,6 +191,7 @@ class Consumer:
             reply_to=props.reply_to,
             correlation_id=props.correlation_id,
             headers=dict(props.headers or {}),
+            user_id=props.user_id,
             _settle=self._settle,
             _generation=self._generation,
         )
@@ -227,6 +233,7 @@ class Consumer:
             return
         settle_in_order(
             d, how, reason, publish=self.publish_here,
+            dead_letter_exchange=self._dead_letter_exchange,
             ack=lambda tag: channel.basic_ack(tag),
             nack=lambda tag, requeue: channel.basic_nack(tag, requeue=requeue),
         )
@@ -244,7 +251,7 @@ class Consumer:
         if self._pub_channel is None:
             raise BrokerUnavailable("not connected")
         props = properties(reply_to=reply_to, correlation_id=correlation_id,
-                           headers=headers, persistent=persistent)
+                           headers=headers, persistent=persistent, user_id=self._user)
         try:
             publish_on(self._pub_channel, exchange, routing_key, body, props, mandatory)
         except BrokerUnavailable as exc:

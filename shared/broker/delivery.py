@@ -55,6 +55,9 @@ class Delivery:
     _generation: int = field(default=0, repr=False)
     _settled: bool = field(default=False, repr=False)
     _reply: bytes | None = field(default=None, repr=False)
+    #: the sender's broker user (the AMQP user_id property, which RabbitMQ validates), or
+    #: None when the sender did not set it
+    user_id: str | None = None
 
     def ack(self) -> None:
         self._settle(self, "ack", None)
@@ -75,19 +78,42 @@ Handler = Callable[[Delivery], None]
 
 
 def dead_letter_headers(d: Delivery, reason: str | None) -> dict[str, Any]:
-    """The message's own headers plus why and where from (shared.topology's headers)."""
+    """The message's own headers plus why, where from and who sent it (the copy itself is
+    published by us: its own user_id is ours)."""
+    sender = {topology.SENDER_HEADER: d.user_id} if d.user_id else {}
     return {**d.headers, topology.REASON_HEADER: (reason or "unknown")[:1000],
-            topology.SOURCE_HEADER: d.queue}
+            topology.SOURCE_HEADER: d.queue, **sender}
+
+
+def from_senders(senders: frozenset[str], handler: Handler, *,
+                 on_refused: Callable[[Delivery], None] | None = None) -> Handler:
+    """The handler of an internal queue (PROTOCOL §2 v2): a message whose sender (its
+    RabbitMQ-validated user_id) is not one of ``senders`` is dead-lettered with reason
+    ``untrusted sender`` and changes nothing; the others go to ``handler``."""
+
+    def checked(d: Delivery) -> None:
+        if d.user_id not in senders:
+            log.warning("message from an untrusted sender refused",
+                        extra={"queue": d.queue, "sender": d.user_id})
+            if on_refused is not None:
+                on_refused(d)
+            d.dead_letter(topology.UNTRUSTED_SENDER)
+            return
+        handler(d)
+
+    return checked
 
 
 def settle_in_order(d: Delivery, how: Outcome, reason: str | None, *, publish: PublishFn,
-                    ack: Callable[[int], None], nack: Callable[[int, bool], None]) -> None:
+                    ack: Callable[[int], None], nack: Callable[[int, bool], None],
+                    dead_letter_exchange: str = "") -> None:
     """Settle ``d`` with the consumer's ``publish``/``ack``/``nack`` (by delivery tag),
     dead-letter copy and reply first. A failing dead-letter publish raises before the
     ack, so the message stays unacked (redelivered) rather than lost."""
     if how == "dead-letter":
         publish(topology.DEAD_LETTER, d.body, headers=dead_letter_headers(d, reason),
-                correlation_id=d.correlation_id, reply_to=d.reply_to)
+                correlation_id=d.correlation_id, reply_to=d.reply_to,
+                exchange=dead_letter_exchange)
         log.warning("message dead-lettered", extra={"queue": d.queue, "reason": reason})
         if d._reply is not None and d.reply_to:
             try:

@@ -23,6 +23,7 @@ from shared.broker.connection import (
     CONNECTION_ERRORS,
     DIRECT_REPLY_TO,
     JSON,
+    broker_user,
     close_quietly,
     connect,
     retrying,
@@ -37,10 +38,13 @@ def properties(
     headers: dict[str, Any] | None = None,
     persistent: bool = True,
     expiration: str | None = None,
+    user_id: str | None = None,
 ) -> pika.BasicProperties:
-    """JSON message properties with a fresh message id and timestamp."""
+    """JSON message properties with a fresh message id and timestamp; ``user_id`` is the
+    sender's broker user (validated by RabbitMQ)."""
     return pika.BasicProperties(
         content_type=JSON,
+        user_id=user_id,
         delivery_mode=pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient,
         reply_to=reply_to,
         correlation_id=correlation_id,
@@ -87,6 +91,7 @@ class Publisher:
 
     def __init__(self, url: str, name: str, *, give_up_after: float = 30.0) -> None:
         self._url = url
+        self._user = broker_user(url)
         self._name = name
         self._give_up_after = give_up_after
         self._conn: BlockingConnection | None = None
@@ -123,7 +128,7 @@ class Publisher:
         assert threading.get_ident() == self._owner, "a Publisher belongs to one thread"
         props = properties(
             reply_to=reply_to, correlation_id=correlation_id, headers=headers,
-            persistent=persistent,
+            persistent=persistent, user_id=self._user,
         )
         for attempt in retrying(self._give_up_after):
             with attempt:

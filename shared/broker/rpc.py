@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from shared.broker.connection import CONNECTION_ERRORS, DIRECT_REPLY_TO, connect
+from shared.broker.connection import CONNECTION_ERRORS, DIRECT_REPLY_TO, broker_user, connect
 from shared.broker.publisher import properties, publish_on
 from shared.errors import BrokerUnavailable
 
@@ -26,6 +26,7 @@ class RpcClient:
     REPLY_TO = DIRECT_REPLY_TO
 
     def __init__(self, url: str, name: str) -> None:
+        self._user = broker_user(url)
         self._conn = connect(url, name)
         self._channel = self._conn.channel()
         self._replies: dict[str, bytes] = {}
@@ -39,7 +40,7 @@ class RpcClient:
         """Publish a request to ``queue``; returns its correlation id. ``BrokerUnavailable``
         if the connection is gone (not retried: the caller decides whether to resend)."""
         cid = correlation_id or uuid.uuid4().hex
-        props = properties(reply_to=self.REPLY_TO, correlation_id=cid)
+        props = properties(reply_to=self.REPLY_TO, correlation_id=cid, user_id=self._user)
         # not mandatory: on a channel without confirms pika raises nothing for a return
         publish_on(self._channel, "", queue, body, props, mandatory=False)
         return cid

@@ -50,6 +50,9 @@ class WorkerInfo(Message):
     private_ip: str | None
     url: str
     password: str | None = None
+    #: v2: SHA-256 of code-server's TLS certificate (the url is then https): the one to
+    #: expect (``workerpool open`` checks it)
+    tls_fingerprint: str | None = None
 
 
 ClaimStatus = Literal["assigned", "unavailable", "rejected"]

@@ -18,9 +18,10 @@ from shared.store.locks import Locks
 from shared.store.requests import Requests
 from shared.store.schema import create_table
 from shared.store.table import Table
-from shared.store.workers import Workers
+from shared.store.workers import KeyMismatch, Workers
 
-__all__ = ["Leases", "Locks", "RequestSeen", "Requests", "Store", "UserAtLimit", "Workers"]
+__all__ = ["KeyMismatch", "Leases", "Locks", "RequestSeen", "Requests", "Store", "UserAtLimit",
+           "Workers"]
 
 
 class Store:

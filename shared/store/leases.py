@@ -78,7 +78,7 @@ class Leases:
         # after the worker's own item is gone (recycled)
         outcome = {"status": "assigned", "instance_id": worker.instance_id,
                    "public_ip": worker.public_ip, "private_ip": worker.private_ip,
-                   "lease_expiry": expiry}
+                   "lease_expiry": expiry, "tls_fingerprint": worker.tls_fingerprint}
         try:
             self.table.transact([
                 self._take(worker, user_id, request_id, expiry, now, fresh_after),

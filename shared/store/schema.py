@@ -68,6 +68,7 @@ def to_worker(item: dict[str, Any]) -> Worker:
         reason=item.get("reason"),
         instance_type=item.get("instanceType"),
         availability_zone=item.get("availabilityZone"),
+        tls_fingerprint=item.get("tlsFingerprint"),
     )
 
 

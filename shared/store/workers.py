@@ -23,6 +23,11 @@ from shared.store.table import Table, TransactionCancelled, key, marshal
 TOMBSTONE_SECONDS = 86400
 
 
+class KeyMismatch(ConditionFailed):
+    """A register whose agent key differs from the one the instance's first accepted
+    register fixed (or has none, where one is recorded): refused, the item unchanged."""
+
+
 class Workers:
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -68,18 +73,31 @@ class Workers:
         return [to_worker(i) for i in self.table.scan_prefix("i-")]
 
     # --- the agent's lifecycle ----------------------------------------------------------
+    def agent_key(self, instance_id: str) -> str | None:
+        """The agent key the instance's first accepted register fixed; ``""`` when it
+        registered without one (a v1 agent: it can never get one); None when it has not
+        registered (no item, or only a booting one)."""
+        item = self.table.get(instance_id) or {}
+        if item.get("status") in (None, "booting") or "registeredAt" not in item:
+            return item.get("agentKey")
+        return str(item.get("agentKey") or "")
+
     def register(self, instance_id: str, *, now: float, private_ip: str | None,
                  public_ip: str | None, instance_type: str | None = None,
-                 availability_zone: str | None = None, agent_version: str | None = None
+                 availability_zone: str | None = None, agent_version: str | None = None,
+                 agent_key: str | None = None, tls_fingerprint: str | None = None
                  ) -> Worker:
-        """booting/unknown → free. A free or leased worker that registers again (agent
-        restart, broker reconnect) keeps its status and gets its addresses refreshed; a
+        """booting/unknown → free, fixing ``agent_key``. A free or leased worker that
+        registers again (agent restart, broker reconnect) keeps its status and gets its
+        addresses refreshed, only with the key it registered with (KeyMismatch otherwise); a
         draining or dead one stays as it is, and a recycled one (tombstoned) never comes back
         (ConditionFailed)."""
         facts = {":now": now, ":pub": public_ip, ":priv": private_ip, ":type": instance_type,
-                 ":az": availability_zone, ":ver": agent_version}
+                 ":az": availability_zone, ":ver": agent_version, ":tls": tls_fingerprint}
+        # DynamoDB refuses an unused value; a null key would be an attribute that exists
+        key = {":key": agent_key} if agent_key is not None else {}
         try:
-            self._register_new(instance_id, facts)
+            self._register_new(instance_id, {**facts, **key})
         except TransactionCancelled as exc:
             if exc.failed(1):
                 raise ConditionFailed("register: this instance was recycled") from None
@@ -88,22 +106,37 @@ class Workers:
         else:
             return Worker(instance_id=instance_id, status="free", last_heartbeat=now,
                           healthy=True, public_ip=public_ip, private_ip=private_ip,
-                          instance_type=instance_type, availability_zone=availability_zone)
-        # already known: a free or leased worker gets its addresses refreshed
-        item = self.table.update(
-            instance_id,
-            "SET lastHeartbeat = :now, publicIp = :pub, privateIp = :priv, "
-            "instanceType = :type, availabilityZone = :az, agentVersion = :ver",
-            {**facts, ":free": "free", ":leased": "leased"},
-            condition="#s IN (:free, :leased)",
-            what="register: worker is draining or dead",
-        )
+                          instance_type=instance_type, availability_zone=availability_zone,
+                          tls_fingerprint=tls_fingerprint)
+        return self._register_again(instance_id, {**facts, **key})
+
+    def _register_again(self, instance_id: str, facts: dict[str, Any]) -> Worker:
+        """Already known: a free or leased worker gets its addresses refreshed, if the
+        register carries the key the first one fixed (or none, where none was)."""
+        same_key = ("agentKey = :key" if ":key" in facts
+                    else "attribute_not_exists(agentKey)")
+        try:
+            item = self.table.update(
+                instance_id,
+                "SET lastHeartbeat = :now, publicIp = :pub, privateIp = :priv, "
+                "instanceType = :type, availabilityZone = :az, agentVersion = :ver, "
+                "tlsFingerprint = :tls",
+                {**facts, ":free": "free", ":leased": "leased"},
+                condition=f"#s IN (:free, :leased) AND {same_key}",
+                what="register: worker is draining or dead",
+            )
+        except ConditionFailed as exc:
+            if exc.item and exc.item.get("status") in ("free", "leased"):
+                raise KeyMismatch("agent_key: differs from the key this instance first "
+                                  "registered with", exc.item) from None
+            raise
         return to_worker(item)
 
     def _register_new(self, instance_id: str, facts: dict[str, Any]) -> None:
         """One transaction: the item becomes free unless it exists beyond booting, and only
         while no tombstone says the instance was recycled (its agent can still speak while
         the VM shuts down)."""
+        set_key = ", agentKey = :key" if ":key" in facts else ""
         self.table.transact([
             {"Update": {
                 "Key": key(instance_id),
@@ -111,7 +144,8 @@ class Workers:
                     "SET #s = :free, healthy = :yes, lastHeartbeat = :now, "
                     "registeredAt = :now, leaseExpiry = :zero, userId = :null, "
                     "publicIp = :pub, privateIp = :priv, instanceType = :type, "
-                    "availabilityZone = :az, agentVersion = :ver REMOVE requestId, reason",
+                    f"availabilityZone = :az, agentVersion = :ver, tlsFingerprint = :tls{set_key} "
+                    "REMOVE requestId, reason",
                 "ConditionExpression": "attribute_not_exists(instanceId) OR #s = :booting",
                 "ExpressionAttributeNames": {"#s": "status"},
                 "ExpressionAttributeValues": marshal({

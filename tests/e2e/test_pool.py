@@ -26,7 +26,9 @@ from shared.asg import Asg
 from shared.bootstrap import bootstrap
 from shared.broker import RpcClient, purge
 from shared.config import Settings, parse_settings
+from shared.fingerprint import presented, same
 from shared.store import Store
+from sim.identity import CERT_FILE, KEY_FILE, IdentityAuthority
 from tests.conftest import env_for
 from tests.helpers import Proc, unique, wait_for
 
@@ -42,12 +44,19 @@ TIMINGS = dict(
 
 
 class Pool:
-    def __init__(self, settings: Settings, record: Path) -> None:
+    """Attestation and TLS on, as `workerpool dev` and a real deployment run it: the fleet's
+    IMDS signs identity documents (IDENTITY_CERT for the dispatchers), and each simulated
+    code-server serves https with the certificate its agent registers."""
+
+    def __init__(self, settings: Settings, record: Path, identity: Path) -> None:
         self.settings = settings
         self.record = record
         self.store = Store.from_settings(settings)
         self.asg = Asg.from_settings(settings)
-        env = env_for(settings, WORKERPOOL_RECORD_AWS_CALLS=str(record), **TIMINGS)
+        IdentityAuthority.in_dir(identity)
+        env = env_for(settings, WORKERPOOL_RECORD_AWS_CALLS=str(record), **TIMINGS,
+                      IDENTITY_CERT=str(identity / CERT_FILE),
+                      FLEET_IDENTITY_KEY=str(identity / KEY_FILE), FLEET_TLS="1")
         self.procs = [Proc("dispatcher", env, "dispatcher-1"), Proc("dispatcher", env, "dispatcher-2"),
                       Proc("scaler", env), Proc("reaper", env), Proc("sim.fleet", env, "fleet")]
         for p in self.procs:
@@ -105,7 +114,7 @@ def live(moto_endpoint: str, amqp_url: str, tmp_path_factory: pytest.TempPathFac
     bootstrap(settings)
     record = tmp_path_factory.mktemp("aws") / "calls.txt"
     record.touch()
-    p = Pool(settings, record)
+    p = Pool(settings, record, tmp_path_factory.mktemp("identity"))
     try:
         yield p
     except BaseException:
@@ -128,7 +137,12 @@ def test_a_claim_is_assigned_and_the_table_shows_the_lease(live: Pool) -> None:
     iid = reply["worker"]["instance_id"]
     item = live.store.workers.get(iid)
     assert item is not None and item.status == "leased" and item.user_id == "alice"
+    assert live.store.workers.agent_key(iid)  # registered attested, its key fixed
+    # code-server over TLS: the reply's fingerprint is the certificate the VM serves
+    assert reply["worker"]["url"].startswith("https://")
     assert reply["worker"]["url"].endswith(":8080")
+    vm = next(v for v in live.fleet("/instances") if v["instance_id"] == iid)
+    assert same(presented(vm["code_server_url"]), reply["worker"]["tls_fingerprint"])
     # the scaler protects the leased instance from scale-in
     wait_for(lambda: any(i.instance_id == iid and i.protected
                          for i in live.asg.describe().instances), 10, what="protection")

@@ -120,6 +120,12 @@ def test_table_actions_are_scoped_to_the_table_and_group_actions_to_the_one_grou
             assert all(":Describe" in a for a in actions), stmt["Sid"]
 
 
-def test_the_worker_role_grants_nothing() -> None:
+def test_the_worker_role_grants_reading_the_agents_broker_password_and_nothing_else() -> None:
+    # whatever the role allows, every user of a worker has (a shell, and IMDS one call away):
+    # only the agent's password, which they can read in /etc/workerpool/agent.env anyway
     role = iam.load_template()["Resources"]["WorkerRole"]["Properties"]
-    assert not role.get("Policies") and not role.get("ManagedPolicyArns")
+    assert not role.get("ManagedPolicyArns")
+    assert [p["PolicyName"] for p in role["Policies"]] == [iam.BOOT_POLICY_NAME]
+    assert iam.boot_policy("WorkerRole") == [{
+        "Sid": "AgentBrokerPassword", "Effect": "Allow",
+        "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "AgentBrokerSecret"}}]

@@ -51,7 +51,7 @@ def publish_agent(settings: Settings, messages: list[bytes]) -> None:
 
 def register_msg(instance_id: str, k: int = 0) -> bytes:
     return Register(type="register", instance_id=instance_id, private_ip=f"10.0.{k // 250}.{k % 250 + 1}",
-                    public_ip=f"3.0.{k // 250}.{k % 250 + 1}", instance_type="t3.medium",
+                    public_ip=f"198.51.{100 + k // 250}.{k % 250 + 1}", instance_type="t3.medium",
                     availability_zone="us-east-1a", agent_version="1.0.0",
                     sent_at=now_sent_at()).to_json()
 

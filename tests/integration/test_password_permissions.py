@@ -3,9 +3,9 @@ passwords"), enforced by the real broker: the agents' user of definitions.json, 
 topic permission widened to PROPOSED_TOPIC_WRITE, may confirm to a dispatcher's confirm
 queue through amq.topic, and still may not publish a claim.
 
-The definitions file itself keeps ``^workerpool\\.agents$`` until the template's copy of
-that line changes with it (tests/unit/test_deploy_template.py compares the two): this test
-proves the value to put in both.
+The definitions file and the orchestrator's ``broker-users.json`` in the template carry the
+same value (tests/unit/test_deploy_template.py compares the two): this test proves it is
+the one to put in both.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from shared.queues import command_queue, confirm_queue
 from tests import iam
 from tests.unit.test_deploy_rabbitmq_definitions import EXAMPLE_PASSWORDS
 
-PROPOSED_TOPIC_WRITE = r"^workerpool\.(agents|confirm\.[A-Za-z0-9_-]+)$"
+PROPOSED_TOPIC_WRITE = r"^workerpool\.(agents|dead-letter|confirm\.[A-Za-z0-9_-]+)$"
 DEFS = json.loads((iam.ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
 ROLE = "workerpool-agent"
 

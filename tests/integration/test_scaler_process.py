@@ -18,6 +18,7 @@ from shared import topology
 from shared.asg import Asg
 from shared.bootstrap import bootstrap
 from shared.broker import Broker, connect, declare_topology, properties
+from shared.broker.connection import broker_user
 from shared.config import Settings
 from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent, decode, now_sent_at
 from shared.store import Store
@@ -123,8 +124,9 @@ def test_a_burst_of_100_shortage_events_is_met_by_one_call_with_the_missing_coun
         assert desired(big_pool) == 0 and calls(record) == 0
         conn = connect(big_pool.amqp_url, "tests-burst")
         ch = conn.channel()
+        me = broker_user(big_pool.amqp_url)  # as a dispatcher: a service user, proven
         for waiting in range(1, 101):  # one event per claim that had to wait
-            ch.basic_publish("", topology.SCALING, shortage(waiting), properties())
+            ch.basic_publish("", topology.SCALING, shortage(waiting), properties(user_id=me))
         conn.close()
         # the 100 waiting claims are the missing machines
         try:

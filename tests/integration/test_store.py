@@ -167,9 +167,9 @@ def test_registering_again_keeps_a_lease_and_a_draining_worker_stays_draining(st
     a, b = register(store, 2, now)
     store.leases.grant(store.workers.get(a), user_id="alice", request_id="r1",  # type: ignore[arg-type]
                 lease_seconds=60, now=now, max_leases=1, remember_seconds=86400)
-    store.workers.register(a, now=now + 1, private_ip="10.0.0.9", public_ip="3.3.3.3")
+    store.workers.register(a, now=now + 1, private_ip="10.0.0.9", public_ip="203.0.113.33")
     after = store.workers.get(a)
-    assert after and after.status == "leased" and after.public_ip == "3.3.3.3"
+    assert after and after.status == "leased" and after.public_ip == "203.0.113.33"
     store.workers.deregister(b, now=now)
     with pytest.raises(ConditionFailed):
         store.workers.register(b, now=now + 1, private_ip="10.0.0.2", public_ip=None)

@@ -43,3 +43,13 @@ def test_each_unit_restarts_stops_in_time_and_is_hardened(unit: Path) -> None:
         "yes", "strict", "yes", "yes")
     assert s["CapabilityBoundingSet"] == ""
     assert parse(unit)["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_example_environment_turns_the_v2_checks_on() -> None:
+    example = (UNITS[0].parent / "workerpool.env.example").read_text(encoding="utf-8")
+    env = dict(line.split("=", 1) for line in example.splitlines()
+               if line and not line.startswith("#"))
+    assert env["SERVICE_USERS"] == "workerpool-service"
+    assert env["CLIENT_AUTH"] in ("broker", "field")
+    assert env["IDENTITY_CERT"] == "/etc/workerpool/identity-certs.pem"
+    assert "REPLACE-ME" in env["AMQP_URL"]  # an example, never a real password

@@ -17,6 +17,7 @@ from agent.commands import PasswordCommands
 from dispatcher.passwords import Passwords
 from scaler.feed import EventFeed
 from shared import topology
+from shared.broker import from_senders
 from shared.messages import LeasedEvent, SetPassword, ShortageEvent, now_sent_at
 from shared.queues import command_queue, confirm_queue
 from sim.fakes import FakeCodeServer
@@ -27,7 +28,7 @@ INSTANCE = "i-0123456789abcdef0"
 
 def test_the_scalers_event_feed_passes_events_on_acks_them_and_dead_letters_garbage() -> None:
     stub = StubBroker()
-    feed = EventFeed(stub.consumer("amqp://unused", "scaler@test"))
+    feed = EventFeed(stub.consumer("amqp://unused", "scaler@test"), senders=frozenset({"guest"}))
     try:
         stub.publish(topology.SCALING, ShortageEvent(
             type="shortage", free=0, waiting=2, sent_at=now_sent_at()).to_json())
@@ -59,7 +60,8 @@ def agent_side(stub: StubBroker, fake: FakeCodeServer, exchange: str) -> StubCon
         instance_id=INSTANCE, config_path=str(fake.config_path), restart_command=None,
         code_server_url=fake.url, timeout=5, exchange=exchange,
         publish=consumer.publish_here)
-    consumer.subscribe_own(command_queue(INSTANCE), commands.handle)
+    consumer.subscribe_own(command_queue(INSTANCE),
+                           from_senders(frozenset({"guest"}), commands.handle))
     return consumer
 
 
@@ -95,7 +97,7 @@ def test_no_agent_listening_means_no_password(code_server: FakeCodeServer) -> No
     assert passwords.set_for(INSTANCE, {"request_id": "r-2"}) is None  # Unroutable
 
 
-def test_a_bad_command_is_acked_without_a_confirmation_or_a_dead_letter_copy(
+def test_a_bad_command_is_dead_lettered_with_its_reason_and_applies_nothing(
         code_server: FakeCodeServer) -> None:
     stub = StubBroker()
     agent = agent_side(stub, code_server, "")
@@ -103,7 +105,26 @@ def test_a_bad_command_is_acked_without_a_confirmation_or_a_dead_letter_copy(
     stub.publish(command_queue(INSTANCE), json.dumps({"type": "set_password"}).encode())
     stub.join()
     assert stub.journal[-1] == ("ack", command_queue(INSTANCE))
-    assert stub.messages(topology.DEAD_LETTER) == [] and code_server.config()["auth"] is None
+    (copy,) = stub.messages(topology.DEAD_LETTER)
+    assert "command_id: field required" in copy.headers[topology.REASON_HEADER]
+    assert code_server.config()["auth"] is None
+
+
+def test_a_command_from_a_broker_user_outside_service_users_changes_nothing(
+        code_server: FakeCodeServer) -> None:
+    """A lessee knows the agents' broker credentials (they are on every VM): a password
+    they send to another VM's command queue must not take that VM over."""
+    stub = StubBroker()
+    agent = agent_side(stub, code_server, "")
+    agent.connect()
+    forged = SetPassword(type="set_password", command_id="f" * 22, hashed_password="cd" * 32,
+                         confirm_to=confirm_queue("mallory"), sent_at=now_sent_at())
+    stub.as_user("workerpool-agent").publish(command_queue(INSTANCE), forged.to_json())
+    stub.join()
+    (copy,) = stub.messages(topology.DEAD_LETTER)
+    assert copy.headers[topology.REASON_HEADER] == "untrusted sender"
+    assert copy.headers[topology.SENDER_HEADER] == "workerpool-agent"
+    assert code_server.config()["hashed_password"] is None
 
 
 def test_a_confirmation_nobody_waits_for_is_acked_and_the_agent_goes_on(

@@ -96,8 +96,8 @@ def test_replies_carry_every_field_with_null_not_omitted() -> None:
                      "lease_expiry": None}
     assigned = json.loads(ClaimReply(
         request_id="r-42", status="assigned",
-        worker=WorkerInfo(instance_id="i-0abc", public_ip="3.1.2.3", private_ip="10.0.1.5",
-                          url="http://3.1.2.3:8080"),
+        worker=WorkerInfo(instance_id="i-0abc", public_ip="203.0.113.3", private_ip="10.0.1.5",
+                          url="http://203.0.113.3:8080"),
         lease_expiry="2026-11-28T10:00:00Z").to_json())
     assert assigned["worker"]["password"] is None
     assert set(json.loads(LeaseReply(request_id="r", status="not_found").to_json())) == {

@@ -96,7 +96,7 @@ def test_a_commands_repr_never_shows_the_hash() -> None:
 
 def _assigned() -> ClaimReply:
     w = Worker(instance_id="i-1", status="leased", last_heartbeat=0.0, lease_expiry=100.0,
-               public_ip="3.1.2.3")
+               public_ip="203.0.113.3")
     return replies.assigned_reply("r-1", w, 8080)
 
 

@@ -109,7 +109,8 @@ def test_an_invalid_message_is_dead_lettered_then_answered_then_acked() -> None:
     assert stub.replies == {"c1": [b'{"status": "rejected"}']}
     (oops, missing) = stub.messages(topology.DEAD_LETTER)
     assert oops.headers == {"x-mine": "kept", topology.REASON_HEADER: "body is not valid JSON",
-                            topology.SOURCE_HEADER: topology.CLAIMS}
+                            topology.SOURCE_HEADER: topology.CLAIMS,
+                            topology.SENDER_HEADER: "guest"}  # who sent the original
     assert (oops.correlation_id, oops.reply_to) == ("c1", DIRECT_REPLY_TO)
     assert missing.headers[topology.REASON_HEADER] == "user_id: required"
 
