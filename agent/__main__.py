@@ -4,12 +4,12 @@ Wiring only: settings → IMDS client, publisher, health checks → the loop in 
 /health (HEALTH_PORT, default 9100) has two checks: ``code_server`` (its /healthz at the
 last heartbeat) and ``heartbeat`` (registered, and the last heartbeat confirmed by the
 broker within ~2 intervals). The ready line follows the first confirmed registration.
+On SIGTERM it deregisters only if the VM is shutting down (agent/shutdown.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from agent.commands import listen
@@ -17,6 +17,7 @@ from agent.heartbeat import Timing
 from agent.imds import Imds
 from agent.keys import AgentKey
 from agent.loop import Agent
+from agent.shutdown import stop_decision, system_state
 from agent.tls import ensure_certificate, pinned_context
 from shared.broker import Publisher, connect, declare_topology
 from shared.config import connection_name
@@ -24,25 +25,8 @@ from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-#: PROTOCOL §1 asks for an exit within 10 s of SIGTERM; this is the hard stop behind it.
-STOP_DEADLINE = 9.0
 #: Longest wait at start for the command queue before registering anyway.
 COMMANDS_READY_WAIT = 5.0
-
-
-def _hard_stop() -> None:
-    log.warning("still stopping after %gs; exiting without waiting further", STOP_DEADLINE,
-                extra={"event": "stopped"})
-    logging.shutdown()
-    os._exit(0)
-
-
-def _arm_deadline() -> None:
-    """Called from the signal handler: whatever blocks (a publish into a dead broker), the
-    process is gone before PROTOCOL's 10 s."""
-    timer = threading.Timer(STOP_DEADLINE, _hard_stop)
-    timer.daemon = True
-    timer.start()
 
 
 def _wait_for(ready: threading.Event, rt: Runtime) -> None:
@@ -66,6 +50,7 @@ def _serve_tls(agent: Agent, directory: str) -> None:
 def main() -> int:
     with Runtime("agent") as rt:
         s = rt.settings
+        mode = s.agent_deregister_on_stop
         name = connection_name("agent")
         timing = Timing(interval=s.heartbeat_interval)
 
@@ -91,11 +76,11 @@ def main() -> int:
         rt.health.add_check("code_server", agent.code_server_check)
         rt.health.add_check("heartbeat", agent.heartbeat_check)
 
-        rt.on_stop(_arm_deadline)
         log.info("starting", extra={"event": "starting",
                                     "imds": s.aws_ec2_metadata_service_endpoint,
                                     "code_server_url": s.code_server_url,
                                     "heartbeat_interval": s.heartbeat_interval,
+                                    "deregister_on_stop": mode,
                                     "amqp_url": s.redacted_amqp_url()})
         if agent.wait_for_identity() is not None:
             assert agent.identity is not None
@@ -107,7 +92,8 @@ def main() -> int:
             rt.on_stop(commands.stop)
             _wait_for(commands.own_ready, rt)
             agent.run(on_first_registration=lambda: rt.ready(instance_id=instance_id))
-            agent.deregister()
+            # asked only now, after the signal: the shutdown may have begun a moment ago
+            agent.stop(stop_decision(mode, system_state() if mode == "auto" else None))
         publisher.close()
     return 0
 

@@ -27,18 +27,21 @@ from agent.heartbeat import (
 )
 from agent.imds import Attestation, Identity, Imds, ImdsBadAnswer, ImdsUnavailable
 from agent.keys import AgentKey
+from agent.shutdown import StopDecision
 from shared import topology
 from shared.broker import Publisher
 from shared.errors import TransientError, Unroutable
 from shared.messages import Deregister, Heartbeat, Message, Register, now_sent_at
 
 log = logging.getLogger(__name__)
+#: Runtime's logger for lifecycle lines, which LOG_LEVEL never hides.
+lifecycle = logging.getLogger("workerpool.lifecycle")
 
 IMDS_MAX_WAIT = 10.0  # longest pause between two IMDS attempts while waiting for identity
 
 
 class Agent:
-    """One agent: ``wait_for_identity()``, ``run()``, then ``deregister()``.
+    """One agent: ``wait_for_identity()``, ``run()``, then ``stop(decision)``.
 
     ``wait(seconds)`` sleeps and returns True when the process is asked to stop (it is
     ``Runtime.wait``), so every pause of the loop is also where SIGTERM is noticed.
@@ -140,6 +143,15 @@ class Agent:
                     event="publish_failed", error=error, failures=state.failures,
                     retry_in=round(state.retry_at - self._clock(), 2)))
             self.state = state
+
+    def stop(self, decision: StopDecision) -> bool:
+        """After ``run()``: log what this stop means (agent.shutdown decided) and deregister
+        only when told to; True if a deregister was confirmed."""
+        lifecycle.info("stopping: %s", "deregistering" if decision.deregister
+                       else "keeping the registration", extra=self._ids(
+                           event="stopping", deregister=decision.deregister,
+                           reason=decision.reason))
+        return self.deregister() if decision.deregister else False
 
     def deregister(self) -> bool:
         """Tell the dispatchers we are going (reason "shutdown"); True if confirmed."""

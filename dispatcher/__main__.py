@@ -9,6 +9,7 @@ from dispatcher.loop import Dispatcher
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
 from shared.asg import Asg
+from shared.aws import FAST
 from shared.broker import Broker, Consumer
 from shared.config import connection_name
 from shared.queues import confirm_queue
@@ -25,8 +26,9 @@ PREFETCH = 200
 def main() -> int:
     with Runtime("dispatcher") as rt:
         s = rt.settings
-        store = Store.from_settings(s)
-        asg = Asg.from_settings(s)
+        # short calls: a claim's deadline is a promise, whatever AWS does (shared.aws FAST)
+        store = Store.from_settings(s, policy=FAST)
+        asg = Asg.from_settings(s, policy=FAST)
         broker = Broker(s.amqp_url, "dispatcher")
         name = connection_name("dispatcher")
         consumer = Consumer(s.amqp_url, name, prefetch=PREFETCH)

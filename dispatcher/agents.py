@@ -19,7 +19,7 @@ from dispatcher.membership import AsgMembers
 from dispatcher.metrics import Metrics
 from shared.broker import Delivery
 from shared.clock import Clock
-from shared.errors import ConditionFailed
+from shared.errors import AwsUnavailable, ConditionFailed
 from shared.messages import Deregister, Heartbeat, Register
 from shared.store import KeyMismatch, Store
 
@@ -127,8 +127,17 @@ class AgentService:
         except ConditionFailed:
             log.debug("heartbeat of an unknown or draining worker",
                       extra={"instance_id": instance_id})
-        except Exception:  # AWS unreachable: hand them back to the broker, then say so
-            for _, _, d in beats:
+        except AwsUnavailable as exc:
+            # dropped, not requeued: the agent's next heartbeat says the same, newer, and the
+            # reaper counts silence from AWS's recovery (our outage reclaims nothing)
+            self.metrics.heartbeat_writes_failed.inc()
+            log.warning("heartbeats not written: AWS does not answer",
+                        extra={"instance_id": instance_id, "error": str(exc)[:200]})
+            for _, _, d in queued:
+                d.ack()
+            return
+        except Exception:  # a bug: hand them back to the broker, then say so
+            for _, _, d in queued:
                 d.nack(requeue=True)
             raise
         self.metrics.heartbeat_writes.inc()

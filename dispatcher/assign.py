@@ -14,7 +14,7 @@ from typing import Any
 from dispatcher import replies
 from shared.messages import CapacityStatus, ClaimReply
 from shared.state import AsgState, Worker
-from shared.topology import ARRIVED_HEADER
+from shared.topology import ARRIVED_HEADER, ATTEMPT_HEADER, SENDER_HEADER
 
 #: The scaler's count of free and coming machines is believed this long after it was sent: a
 #: scaler that died must not keep refusing claims on an old count.
@@ -34,6 +34,7 @@ class PoolView:
     free: int | None
     target: int
     asg: AsgState | None = None
+    aws_error: str | None = None  # DynamoDB does not answer (why), for the wording
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,17 @@ def refused_waiters(remaining: Sequence[Waiter], seen: Outlook | None, now: floa
 
 
 # --- who may act for whom ----------------------------------------------------------------
+def sender_of(user_id: str | None, headers: dict[str, Any], services: frozenset[str]
+              ) -> str | None:
+    """Who sent a request: its RabbitMQ-validated user_id, except for a copy one of our
+    services sent back to be tried again (it names the original sender in a header, which
+    only a service's word makes credible)."""
+    original = headers.get(SENDER_HEADER)
+    if user_id in services and isinstance(original, str) and ATTEMPT_HEADER in headers:
+        return original
+    return user_id
+
+
 def acts_for(client_auth: str, sender: str | None, user_id: str, privileged: frozenset[str]
              ) -> bool:
     """Whether a request's sender may act for ``user_id``. ``field``: the request says who
@@ -257,9 +269,10 @@ def shortage_due(free: int, waiting: int, last: ShortageSent | None, now: float,
                  target: int) -> bool:
     """Tell the scaler when the pool is short (free below target, or claims waiting) and
     the counts changed since the last event, or it has been a while (one event per change;
-    the scaler also reconciles on its own)."""
+    the scaler also reconciles on its own); and once when our claims stopped waiting, so
+    that our last count does not linger in the scaler's sum."""
     if free >= target and waiting == 0:
-        return False
+        return last is not None and last.waiting > 0
     if last is None or (last.free, last.waiting) != (free, waiting):
         return True
     return now - last.at >= SHORTAGE_REPEAT_SECONDS

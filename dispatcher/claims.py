@@ -32,7 +32,7 @@ from shared import topology
 from shared.broker import BrokerLike, Delivery
 from shared.clock import Clock
 from shared.config import Settings
-from shared.errors import ConditionFailed, Unroutable
+from shared.errors import AwsUnavailable, ConditionFailed, Unroutable
 from shared.messages import ClaimReply, ClaimRequest, LeasedEvent, now_sent_at
 from shared.state import Worker
 from shared.store import RequestSeen, Store, UserAtLimit
@@ -46,6 +46,9 @@ CANDIDATES = 25
 ROUNDS = 5
 #: The longest a lease recheck waits (LEASE_RECHECK_SECONDS), however slow the writes are.
 RECHECK_MAX_SECONDS = 2.0
+#: With LEASE_PASSWORDS, workers a claim may try in one go whose agent does not confirm (each
+#: wait is PASSWORD_CONFIRM_SECONDS: the claim's deadline comes first).
+PASSWORD_TRIES = 2
 
 
 class ClaimService:
@@ -67,7 +70,10 @@ class ClaimService:
         arrived = assign.arrived_at(d.headers.get(topology.ARRIVED_HEADER), received)
         wait = (req.wait_seconds if req.wait_seconds is not None
                 else self.settings.claim_wait_seconds)
-        got = self.attempt(req, wait_seconds=wait)
+        try:
+            got = self.attempt(req, wait_seconds=wait)
+        except AwsUnavailable as exc:  # no worker can be had now: wait (or not) as if none
+            got = Wait() if wait > 0 else Unavailable(replies.aws_down_reason(0, str(exc)))
         if isinstance(got, Assignment):
             self.deliver(d, req, got, arrived)
         elif isinstance(got, Unavailable):
@@ -93,7 +99,10 @@ class ClaimService:
         """The answer this claim can have now, or Wait / Unavailable when no worker is free
         (``wait_seconds=None``: the claim is already waiting)."""
         view = ClaimView(recalled=None)
+        tries = [PASSWORD_TRIES]  # workers whose agent may fail to confirm a password
         for _ in range(ROUNDS):
+            if tries[0] <= 0:
+                break  # two workers failed us already: try again on the next pass
             view = self._read(req)
             plan = self._plan(view, wait_seconds)
             if isinstance(plan, Repeat):
@@ -102,7 +111,7 @@ class ClaimService:
                 return Assignment(self._existing(req, plan.worker))
             if not isinstance(plan, TryLease):
                 return plan
-            got = self._lease_first(req, plan.order)
+            got = self._lease_first(req, plan.order, tries)
             if got is not None:
                 return got
         # every round lost to other dispatchers: as if nothing were free
@@ -135,11 +144,15 @@ class ClaimService:
         return bool(self.store.workers.find_free(
             limit=1, fresh_after=self.clock.now() - self.settings.dead_after))
 
-    def _lease_first(self, req: ClaimRequest, order: tuple[Worker, ...]) -> Assignment | None:
+    def _lease_first(self, req: ClaimRequest, order: tuple[Worker, ...], tries: list[int]
+                     ) -> Assignment | None:
         """Lease the first worker of ``order`` that is still free; None when the round is
         lost (all taken meanwhile, or a duplicate or the user's other claim won: the next
-        read shows which)."""
+        read shows which). ``tries``: password confirmations this claim may still wait for
+        (each one can take PASSWORD_CONFIRM_SECONDS)."""
         for worker in order:
+            if tries[0] <= 0:
+                return None
             if not self._busy.take(worker.instance_id, self.clock.now()):
                 continue  # another thread of ours picked it a moment ago
             taken = True  # whether the worker is no longer free after this try
@@ -163,6 +176,7 @@ class ClaimService:
             got = self._with_password(req, leased)
             if got is not None:
                 return got
+            tries[0] -= 1
         return None
 
     def _still_ours(self, req: ClaimRequest, leased: Worker, took: float) -> bool:
@@ -240,13 +254,24 @@ class ClaimService:
                "instance_id": got.reply.worker.instance_id if got.reply.worker else None}
         sent = self.send(d, got.reply)
         if got.new_lease is not None and not sent:
-            self.store.leases.undo(got.new_lease.instance_id, user_id=req.user_id,
-                                   request_id=req.request_id)
-            log.warning("reply undeliverable; lease undone", extra=ids)
+            self._undo(req, got.new_lease, ids)
         elif got.new_lease is not None:
             log.info("worker assigned", extra=ids)
             self._tell_scaler(got.new_lease.instance_id, ids)
         self.finish(d, got.reply, arrived, already_sent=True)
+
+    def _undo(self, req: ClaimRequest, leased: Worker, ids: dict[str, Any]) -> None:
+        """Nobody can use a lease whose reply could not be routed: its worker is recycled
+        (never freed: a repeat may have been told ``assigned`` meanwhile), and a repeat of
+        the request is told why."""
+        try:
+            self.store.leases.undo(
+                leased.instance_id, user_id=req.user_id, request_id=req.request_id,
+                now=self.clock.now(), outcome=replies.unavailable_outcome(
+                    replies.UNDELIVERABLE), remember_seconds=self.settings.request_memory_seconds)
+        except ConditionFailed:
+            return  # released or reaped meanwhile: nothing left to undo
+        log.warning("reply undeliverable; lease given up and its worker recycled", extra=ids)
 
     def _tell_scaler(self, instance_id: str, ids: dict[str, Any]) -> None:
         """A leased event: the scaler protects the instance at once (a lost one costs
@@ -259,10 +284,19 @@ class ClaimService:
 
     def answer_unavailable(self, d: Delivery, req: ClaimRequest, reason: str,
                            arrived: float) -> None:
-        """Store ``unavailable`` (unless another outcome already stands), reply, ack."""
-        stands = self.store.requests.remember(
-            req.user_id, req.request_id, replies.unavailable_outcome(reason),
-            now=self.clock.now(), remember_seconds=self.settings.request_memory_seconds)
+        """Store ``unavailable`` (unless another outcome already stands), reply, ack. With
+        DynamoDB unreachable the reply goes out all the same, unstored (one short try: the
+        claim's deadline comes first)."""
+        store = self.store.quick() if self.store.reachability.down else self.store
+        try:
+            stands = store.requests.remember(
+                req.user_id, req.request_id, replies.unavailable_outcome(reason),
+                now=self.clock.now(), remember_seconds=self.settings.request_memory_seconds)
+        except AwsUnavailable as exc:
+            log.warning("unavailable answered without being remembered: DynamoDB does not "
+                        "answer", extra={"request_id": req.request_id, "user_id": req.user_id,
+                                         "error": str(exc)[:300]})
+            stands = replies.unavailable_outcome(reason)
         if stands.get("status") == "unavailable":
             reply = ClaimReply(request_id=req.request_id, status="unavailable",
                                reason=stands.get("reason"))

@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from dispatcher import assign, replies
+from dispatcher import assign
+from dispatcher.admission import Admission
 from dispatcher.agents import AgentService
 from dispatcher.attestation import AgentCheck, AgentKeys
 from dispatcher.claims import ClaimService
@@ -41,8 +41,8 @@ from shared import topology
 from shared.asg import Asg
 from shared.broker import BrokerLike, ConsumerLike, Delivery, Handler, from_senders
 from shared.clock import Clock, SystemClock
-from shared.config import Settings
-from shared.errors import InvalidMessage
+from shared.config import Settings, connection_name
+from shared.errors import TransientError
 from shared.messages import (
     AgentMessage,
     CapacityStatus,
@@ -54,9 +54,7 @@ from shared.messages import (
     LeaseRequest,
     Register,
     ShortageEvent,
-    decode,
     now_sent_at,
-    unknown_fields,
 )
 from shared.store import Store
 from shared.ticker import Ticker
@@ -96,6 +94,7 @@ class Dispatcher:
                                            d.queue, k)),
                                    dead_after=settings.dead_after)
         self.waiting = WaitingRoom(settings=settings, claims=self.claims, clock=self.clock)
+        self.admission = Admission(settings=settings, metrics=metrics)
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._singletons: set[str] = set()  # periodic jobs running now (never two at once)
@@ -103,6 +102,9 @@ class Dispatcher:
         self._aws_checked: tuple[float, bool, str] = (0.0, False, "not checked yet")
         # periodic jobs on a thread of their own: they go on while the consumer reconnects
         self.ticker = ticker or Ticker("dispatcher-ticker")
+        self._resubscriptions = 0
+        #: who we are in our reports (the scaler sums every dispatcher's waiting count)
+        self.name = connection_name("dispatcher")
 
     # --- wiring --------------------------------------------------------------------------
     def attach(self) -> None:
@@ -116,9 +118,18 @@ class Dispatcher:
         t = self.ticker
         t.every(self.settings.wait_poll_interval,
                 lambda: self._singleton("serve", self.waiting.serve))
+        t.every(self.settings.wait_poll_interval,
+                lambda: self._singleton("expire", self.waiting.expire))
         t.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
         c.on_connect(self.waiting.reset)
+        c.on_connect(self._count_resubscriptions)
         c.on_disconnect(self.waiting.reset)  # the ticker must not serve claims of a dead channel
+
+    def _count_resubscriptions(self) -> None:
+        seen = getattr(self.consumer, "resubscriptions", 0)
+        if seen > self._resubscriptions:
+            self.metrics.resubscriptions.inc(seen - self._resubscriptions)
+            self._resubscriptions = seen
 
     def run(self) -> None:
         """Consume until stopped; then let running jobs finish and drop the queued ones."""
@@ -133,6 +144,11 @@ class Dispatcher:
         return self._pending == 0
 
     def pool_view(self) -> assign.PoolView:
+        """For the wording of reasons; no AWS call while DynamoDB does not answer."""
+        seen = self.store.reachability
+        if seen.down:
+            return assign.PoolView(free=None, target=self.settings.target_available,
+                                   asg=self.members.state, aws_error=seen.reason)
         return assign.PoolView(free=self.free_count, target=self.settings.target_available,
                                asg=self.members.recent_state())
 
@@ -147,12 +163,18 @@ class Dispatcher:
                 if self.consumer.stopping and d is not None:
                     return  # unacked: redelivered to a dispatcher that stays
                 fn()
-            except Exception as exc:
+            except TransientError as exc:  # AWS or the broker: wait it out, unspent
+                log.warning("job failed for now; to be tried again",
+                            extra={"error": str(exc)[:300]})
+                if on_error is not None:
+                    on_error()
+                elif d is not None:
+                    d.retry_later(str(exc)[:300])
+            except Exception as exc:  # a bug: requeued (the delivery limit catches poison)
                 log.exception("job failed; message requeued", extra={"error": repr(exc)})
                 if on_error is not None:
                     on_error()
                 elif d is not None:
-                    time.sleep(0.2)  # a failing AWS must not become a hot requeue loop
                     d.nack(requeue=True)
             finally:
                 with self._pending_lock:
@@ -182,7 +204,7 @@ class Dispatcher:
     # --- handlers (consumer thread) ------------------------------------------------------
     def on_claim(self, d: Delivery) -> None:
         received = self.clock.now()
-        req = self._admit(d, ClaimRequest, ClaimReply)
+        req = self.admission.admit(d, ClaimRequest, ClaimReply)
         if req is None:
             self.metrics.claims.labels(outcome="rejected").inc()
             return
@@ -192,18 +214,18 @@ class Dispatcher:
         self._submit(lambda: self.claims.handle(d, req, received), d)
 
     def on_waiting(self, d: Delivery) -> None:
-        req = self._decode(d, ClaimRequest)
+        req = self.admission.decode(d, ClaimRequest)
         self.waiting.add(d, req)
         self.metrics.waiting.set(len(self.waiting))
 
     def on_lease(self, d: Delivery) -> None:
-        req = self._admit(d, LeaseRequest, LeaseReply)
+        req = self.admission.admit(d, LeaseRequest, LeaseReply)
         if req is not None:
             self._submit(lambda: self.leases.handle(d, req), d)
 
     def on_agent(self, d: Delivery) -> None:
-        msg = self._decode(d, AgentMessage)
-        self._count_unknown(msg, msg.type)
+        msg = self.admission.decode(d, AgentMessage)
+        self.admission.count_unknown(msg, msg.type)
         if isinstance(msg, Heartbeat):
             if self.agents.queue_heartbeat(d, msg):
                 self._submit(lambda: self.agents.write_heartbeats(msg.instance_id),
@@ -215,50 +237,8 @@ class Dispatcher:
             self._submit(lambda: self.agents.deregister(d, msg), d)
 
     def on_capacity(self, d: Delivery) -> None:
-        self.waiting.outlook = assign.outlook(self._decode(d, CapacityStatus))
+        self.waiting.outlook = assign.outlook(self.admission.decode(d, CapacityStatus))
         d.ack()
-
-    def _decode(self, d: Delivery, kind: Any) -> Any:
-        """A message that needs no reply: InvalidMessage is counted here and dead-lettered
-        with its reason by the consumer."""
-        try:
-            return decode(kind, d.body)
-        except InvalidMessage:
-            self.metrics.count_refused(d.queue, "invalid")
-            raise
-
-    # --- admitting a client's request ---------------------------------------------------
-    def _admit(self, d: Delivery, kind: Any, reply: type[ClaimReply] | type[LeaseReply]
-               ) -> Any:
-        """The decoded request, if valid and its sender may act for its user_id
-        (CLIENT_AUTH); else None, after a dead-letter entry and a ``rejected`` reply."""
-        try:
-            req = decode(kind, d.body)
-        except InvalidMessage as exc:
-            self._reject(d, reply(request_id=exc.request_id, status="rejected",
-                                  reason=exc.reason), "invalid")
-            return None
-        self._count_unknown(req, getattr(req, "type", "claim"))
-        s = self.settings
-        if not assign.acts_for(s.client_auth, d.user_id, req.user_id,
-                               s.service_user_names | s.gateway_user_names):
-            self._reject(d, reply(request_id=req.request_id, status="rejected",
-                                  reason=replies.USER_ID_NOT_SENDER), "user_id")
-            return None
-        return req
-
-    def _count_unknown(self, msg: Any, kind: str) -> None:
-        extra = unknown_fields(msg)
-        if extra:
-            self.metrics.unknown_fields.labels(type=kind).inc(len(extra))
-            log.debug("unknown fields ignored", extra={"type": kind, "fields": extra})
-
-    def _reject(self, d: Delivery, reply: ClaimReply | LeaseReply, kind: str) -> None:
-        """A refused request: a dead-letter entry, then a ``rejected`` reply."""
-        log.warning("request rejected", extra={"request_id": reply.request_id,
-                                               "reason": reply.reason, "queue": d.queue})
-        self.metrics.count_refused(d.queue, kind)
-        d.dead_letter(reply.reason or "invalid request", reply=reply.to_json())
 
     # --- shortage --------------------------------------------------------------------------
     def check_shortage(self) -> None:
@@ -272,7 +252,8 @@ class Dispatcher:
                                    self.settings.target_available):
             return
         self.broker.publish(topology.SCALING, ShortageEvent(
-            type="shortage", free=free, waiting=waiting, sent_at=now_sent_at()).to_json())
+            type="shortage", free=free, waiting=waiting, sent_at=now_sent_at(),
+            reporter=self.name).to_json())
         self._last_shortage = assign.ShortageSent(free, waiting, now)
         log.info("shortage reported", extra={"free": free, "waiting": waiting})
 

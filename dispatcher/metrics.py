@@ -28,6 +28,14 @@ class Metrics:
         self.heartbeat_writes = Counter("workerpool_heartbeat_writes_total",
                                         "DynamoDB writes made for heartbeats",
                                         registry=registry)
+        self.resubscriptions = Counter(
+            "workerpool_resubscriptions_total",
+            "Times the dispatcher consumed everything again on a new connection (a lost "
+            "connection, a closed channel, a consumer the broker cancelled)",
+            registry=registry)
+        self.heartbeat_writes_failed = Counter(
+            "workerpool_heartbeat_writes_failed_total",
+            "Heartbeat writes dropped because DynamoDB did not answer", registry=registry)
         self.registrations = Counter("workerpool_registrations_total",
                                      "Agent registrations, by result", ["result"],
                                      registry=registry)

@@ -22,6 +22,9 @@ PASSWORD_NOT_CONFIRMED = "password not confirmed"
 PASSWORD_SENT_ONCE = ("password: sent only in the first reply for this lease (never stored); "
                       "release the worker and claim again for a new one")
 LEASE_STATUSES = ("released", "renewed", "not_found")
+#: What a repeat of a claim whose reply could not be delivered is told.
+UNDELIVERABLE = ("the reply to this claim could not be delivered (its reply queue was gone); "
+                 "its worker was recycled: claim again with a new request_id")
 #: A request refused under CLIENT_AUTH=broker: its user_id is not the sender's broker user.
 USER_ID_NOT_SENDER = ("user_id: does not match the broker user that sent the request "
                       "(CLIENT_AUTH=broker)")
@@ -105,6 +108,8 @@ def _asg_words(asg: AsgState | None) -> str:
 
 def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
     """Why a claim that waited its whole wait (or, with 0, did not wait) got no worker."""
+    if pool.aws_error is not None:
+        return aws_down_reason(wait_seconds, pool.aws_error)
     if wait_seconds <= 0:
         head = "no free worker right now (wait_seconds is 0)"
     else:
@@ -112,6 +117,14 @@ def timeout_reason(wait_seconds: int, pool: PoolView) -> str:
     free = "unknown" if pool.free is None else str(pool.free)
     return (f"{head}; the pool has {free} free of target {pool.target}, "
             f"{_asg_words(pool.asg)}; see `workerpool status` and the ASG's activity")
+
+
+def aws_down_reason(wait_seconds: int, error: str) -> str:
+    """Why a claim got no worker while AWS (DynamoDB) does not answer."""
+    head = ("no worker right now (wait_seconds is 0)" if wait_seconds <= 0
+            else f"no worker within {wait_seconds} s")
+    return (f"{head}: AWS does not answer (DynamoDB: {error[:200]}); the pool cannot lease "
+            "or see its workers until it does")
 
 
 def _plural(n: int, word: str) -> str:

@@ -22,6 +22,7 @@ from shared import topology
 from shared.broker import Delivery
 from shared.clock import Clock
 from shared.config import Settings
+from shared.errors import AwsUnavailable
 from shared.messages import ClaimRequest
 
 log = logging.getLogger(__name__)
@@ -69,36 +70,71 @@ class WaitingRoom:
         with self._lock:
             return self._held.pop(key, None)
 
+    def expire(self) -> None:
+        """Answer the claims whose wait is over. A job of its own, which needs no AWS call
+        to decide: a serve pass stuck on an unreachable AWS never holds a deadline back."""
+        held = self._snapshot()
+        if held:
+            plan = assign.plan_waiting([h.waiter for h in held.values()], self.clock.now(),
+                                       self.claims.pool_view())
+            for key, reason in plan.expire:
+                self._answer(key, reason)
+
     def serve(self) -> None:
-        """One pass: time out, assign oldest first, then answer the claims beyond what the
-        pool can still serve (the newest)."""
-        with self._lock:
-            held = dict(self._held)
+        """One pass: assign oldest first, then answer the claims beyond what the pool can
+        still serve (the newest). With AWS unreachable the claims keep waiting (expire
+        answers them at their deadline)."""
+        held = self._snapshot()
         if not held:
             return
-        now = self.clock.now()
-        plan = assign.plan_waiting([h.waiter for h in held.values()], now,
+        plan = assign.plan_waiting([h.waiter for h in held.values()], self.clock.now(),
                                    self.claims.pool_view())
-        for key, reason in plan.expire:
-            self._unavailable(key, reason)
-        left = list(plan.serve)
-        # one cheap look first: with nothing free, do not run a claim path per waiter
-        if left and self.claims.any_free():
-            while left:
-                h = held[left[0]]
-                got = self.claims.attempt(h.request, wait_seconds=None)
-                if not isinstance(got, Assignment):
-                    break
-                left.pop(0)
-                if self._take(h.waiter.key) is not None:
-                    self.claims.deliver(h.delivery, h.request, got, h.waiter.arrived_at)
+        left = [k for k in plan.serve if k in held]
+        try:
+            # one cheap look first: with nothing free, do not run a claim path per waiter
+            if left and self.claims.any_free():
+                while left:
+                    h = held[left[0]]
+                    got = self.claims.attempt(h.request, wait_seconds=None)
+                    if not isinstance(got, Assignment):
+                        break
+                    left.pop(0)
+                    self._give(h, got)
+        except AwsUnavailable as exc:
+            log.warning("waiting claims not served: AWS does not answer",
+                        extra={"error": str(exc)[:300], "waiting": len(left)})
+            return
         refused = assign.refused_waiters([held[k].waiter for k in left], self.outlook,
                                          self.clock.now())
         for key, reason in refused:
-            self._unavailable(key, reason)
+            self._answer(key, reason)
 
-    def _unavailable(self, key: int, reason: str) -> None:
+    def _snapshot(self) -> dict[int, Held]:
+        with self._lock:
+            return dict(self._held)
+
+    def _give(self, h: Held, got: Assignment) -> None:
+        """Deliver an assignment; if that fails, the claim goes back to the room (its
+        outcome is stored: the next pass answers the same), never lost."""
+        if self._take(h.waiter.key) is None:
+            return
+        try:
+            self.claims.deliver(h.delivery, h.request, got, h.waiter.arrived_at)
+        except Exception:
+            self._put_back(h)
+            raise
+
+    def _answer(self, key: int, reason: str) -> None:
         h = self._take(key)
         if h is None:
             return
-        self.claims.answer_unavailable(h.delivery, h.request, reason, h.waiter.arrived_at)
+        try:
+            self.claims.answer_unavailable(h.delivery, h.request, reason, h.waiter.arrived_at)
+        except Exception:
+            self._put_back(h)
+            raise
+
+    def _put_back(self, h: Held) -> None:
+        with self._lock:
+            if not h.delivery._settled:
+                self._held[h.waiter.key] = h

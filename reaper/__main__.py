@@ -5,6 +5,7 @@ from __future__ import annotations
 from reaper.loop import Reaper
 from reaper.metrics import ReaperMetrics
 from shared.asg import Asg
+from shared.aws import FAST
 from shared.broker import connect
 from shared.config import connection_name
 from shared.health import CachedCheck
@@ -16,10 +17,11 @@ from shared.store import Store
 def main() -> int:
     with Runtime("reaper") as rt:
         s = rt.settings
-        store = Store.from_settings(s)
-        asg = Asg.from_settings(s)
+        store = Store.from_settings(s, policy=FAST)
         leadership = Leadership(store, name="reaper", owner=connection_name("reaper"),
                                 ttl=s.lock_ttl_seconds)
+        # every terminate and protection change is fenced: made only while the lock is ours
+        asg = Asg.from_settings(s, policy=FAST, fence=leadership.fence)
         reaper = Reaper(store=store, asg=asg, settings=s,
                         metrics=ReaperMetrics(rt.health.registry), leadership=leadership)
 

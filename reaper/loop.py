@@ -1,6 +1,6 @@
 """The reaper's loop: read a snapshot, ``rules.plan`` it, apply the actions one by one.
 
-Every write is conditional (shared/store.py), so a pass that races a dispatcher, another
+Every write is conditional (shared/store/, reaper/actions.py), so a pass that races a dispatcher, another
 reaper or its own earlier crashed self either wins cleanly or loses and changes nothing.
 A lost race on an instance skips that instance's remaining actions for this pass.
 """
@@ -12,31 +12,24 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from reaper.actions import FAILED, LOST, Actions
 from reaper.metrics import ReaperMetrics
 from reaper.rules import (
     Action,
-    Expire,
-    MarkDead,
-    Recycle,
-    RemoveOrphan,
-    ReplaceNeverBooted,
     Snapshot,
-    TrackBooting,
     instance_of,
+    live_workers,
     plan,
 )
 from shared.asg import Asg
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
-from shared.errors import AwsError, AwsUnavailable, ConditionFailed
+from shared.errors import AwsError, AwsUnavailable, LockLost
 from shared.leader import Leadership
-from shared.state import Worker
 from shared.store import Store
 
 log = logging.getLogger(__name__)
 
-DONE, LOST, GONE, FAILED = "done", "lost", "gone", "failed"
-RECYCLABLE = ("draining", "dead")
 
 
 class Stopper(Protocol):
@@ -44,10 +37,6 @@ class Stopper(Protocol):
     def stopping(self) -> bool: ...
 
     def wait(self, seconds: float) -> bool: ...
-
-
-def _ids(w: Worker) -> dict[str, object]:
-    return {"instance_id": w.instance_id, "user_id": w.user_id}
 
 
 class Reaper:
@@ -64,8 +53,12 @@ class Reaper:
         self.clock = clock or SystemClock()
         self.monotonic = monotonic
         self.known: set[str] = set()
+        self.actions = Actions(store=store, asg=asg, metrics=self.metrics, known=self.known)
         self._next_sweep = 0.0  # the first pass (after start or takeover) sweeps
         self._refreshed_at = 0.0
+        self._aws_failed = False  # our last pass could not reach AWS
+        self.recovered_at: float | None = None  # when AWS answered again after that
+        self.live_workers = 0  # free + leased at the last sweep
 
     # --- read ---------------------------------------------------------------------------
     def read(self, now: float, *, sweep: bool) -> Snapshot:
@@ -83,7 +76,8 @@ class Reaper:
         asg = self.asg.describe()
         return Snapshot(asg=asg, expired=tuple(expired), stale=tuple(stale),
                         draining=tuple(draining), dead=tuple(dead), booting=tuple(booting),
-                        everything=everything, known_ids=frozenset(self.known))
+                        everything=everything, known_ids=frozenset(self.known),
+                        recovered_at=self.recovered_at, live_workers=self.live_workers)
 
     # --- one pass ----------------------------------------------------------------------
     def run_pass(self, now: float | None = None,
@@ -92,9 +86,11 @@ class Reaper:
         started = self.monotonic()
         now = self.clock.now() if now is None else now
         sweep = started >= self._next_sweep
-        snapshot = self.read(now, sweep=sweep)
+        snapshot = self._read_noting_outages(now, sweep)
         if snapshot.everything is not None:
-            self.known = {w.instance_id for w in snapshot.everything}
+            self.known.clear()  # in place: the actions keep it current too
+            self.known.update(w.instance_id for w in snapshot.everything)
+            self.live_workers = live_workers(snapshot)
             self._next_sweep = started + self.settings.orphan_sweep_interval
         self.known |= {w.instance_id for w in (*snapshot.expired, *snapshot.stale,
                                                 *snapshot.draining, *snapshot.dead,
@@ -109,7 +105,10 @@ class Reaper:
             if iid in skip:
                 continue
             try:
-                outcome = self.apply(action, now)
+                outcome = self.actions.apply(action, now)
+            except LockLost as exc:  # another replica acts now: stop here
+                log.info("reap pass stopped: %s", exc)
+                break
             except (AwsError, AwsUnavailable) as exc:
                 log.warning("reaper action failed; retried next pass",
                             extra={"instance_id": iid, "action": type(action).__name__,
@@ -125,6 +124,22 @@ class Reaper:
                                            "sweep": sweep, "seconds": round(seconds, 4)})
         return done
 
+    def _read_noting_outages(self, now: float, sweep: bool) -> Snapshot:
+        """Read, and note when AWS answers again after a pass that could not reach it:
+        heartbeats could not be written meanwhile, so silence counts from then."""
+        try:
+            snapshot = self.read(now, sweep=sweep)
+        except AwsUnavailable:
+            self._aws_failed = True
+            raise
+        if self._aws_failed:
+            self._aws_failed = False
+            self.recovered_at = now
+            log.warning("AWS answers again: silence counts from now",
+                        extra={"event": "aws_recovered", "recovered_at": now})
+            snapshot = Snapshot(**{**snapshot.__dict__, "recovered_at": now})
+        return snapshot
+
     def _still_active(self, now: float) -> bool:
         """Re-take the lock during a long pass, so two replicas never act at length."""
         if self.leadership is None:
@@ -133,132 +148,6 @@ class Reaper:
             return True
         self._refreshed_at = self.monotonic()
         return self.leadership.refresh(self.clock.now())
-
-    # --- apply ---------------------------------------------------------------------------
-    def apply(self, action: Action, now: float) -> str:
-        """Carry out one action; ``lost`` when a conditional write lost its race."""
-        if isinstance(action, Expire):
-            return self._expire(action.worker, now)
-        if isinstance(action, MarkDead):
-            return self._mark_dead(action.worker, now)
-        if isinstance(action, Recycle):
-            return self._recycle(action, now)
-        if isinstance(action, ReplaceNeverBooted):
-            return self._replace(action.worker, now)
-        if isinstance(action, RemoveOrphan):
-            return self._remove_orphan(action.worker)
-        return self._track(action, now)
-
-    def _expire(self, w: Worker, now: float) -> str:
-        try:
-            self.store.leases.expire(w, now=now)
-        except ConditionFailed:
-            self.metrics.races_lost.inc()
-            log.info("lease renewed or released meanwhile; not expired",
-                     extra={**_ids(w), "event": "expire_lost"})
-            return LOST
-        self.metrics.leases_expired.inc()
-        log.info("lease expired", extra={**_ids(w), "event": "lease_expired",
-                                         "lease_expiry": w.lease_expiry})
-        return DONE
-
-    def _mark_dead(self, w: Worker, now: float) -> str:
-        try:
-            self.store.workers.mark_dead(w, now=now)
-        except ConditionFailed:
-            self.metrics.races_lost.inc()
-            log.info("heartbeat or status changed meanwhile; not dead",
-                     extra={**_ids(w), "event": "mark_dead_lost"})
-            return LOST
-        self.store.leases.forget_user(w.user_id, w.instance_id)
-        self.metrics.workers_dead.inc()
-        fields = {**_ids(w), "silent_seconds": round(now - w.last_heartbeat, 3)}
-        if w.status == "leased":
-            self.metrics.leased_lost.inc()
-            log.warning("leased worker died: its user lost their machine",
-                        extra={**fields, "event": "leased_worker_lost"})
-        else:
-            log.info("worker dead", extra={**fields, "event": "worker_dead"})
-        return DONE
-
-    def _recycle(self, a: Recycle, now: float) -> str:
-        """confirm_recyclable is the LAST write before the terminate: it fails if the worker
-        is free or leased, so nothing live is terminated (terraform-aws-github-runner #5085)."""
-        ids = {"instance_id": a.instance_id, "user_id": a.user_id}
-        try:
-            self.store.workers.confirm_recyclable(a.instance_id, now=now)
-        except ConditionFailed as exc:
-            if exc.item is None:  # the item is gone: an earlier pass finished this one
-                return GONE
-            self.metrics.races_lost.inc()
-            log.warning("not recycled: worker is live",
-                        extra={**ids, "status": exc.item.get("status"),
-                               "event": "recycle_refused"})
-            return LOST
-        self.store.workers.tombstone(a.instance_id, now=now)  # its agent may not register again
-        terminated = False
-        if a.in_group:
-            try:
-                self.asg.set_protection([a.instance_id], False)
-            except AwsError as exc:  # e.g. it left the group since the describe
-                log.info("could not clear scale-in protection",
-                         extra={**ids, "error": str(exc)})
-            terminated = self.asg.terminate(a.instance_id, decrement=a.decrement)
-        try:
-            self.store.workers.remove(a.instance_id, only_if_status=RECYCLABLE)
-        except ConditionFailed:  # cannot happen: draining and dead are final
-            log.error("item changed after terminate", extra=ids)
-            return LOST
-        self.known.discard(a.instance_id)
-        self.metrics.recycled.inc()
-        log.info("recycled", extra={**ids, "event": "recycled", "reason": a.reason,
-                                    "terminated": terminated, "decrement": a.decrement})
-        return DONE
-
-    def _replace(self, w: Worker, now: float) -> str:
-        """booting → dead first: a registration landing after it is refused, so the instance
-        we terminate can never have become a free worker meanwhile."""
-        try:
-            self.store.workers.mark_dead(w, now=now)
-        except ConditionFailed:
-            self.metrics.races_lost.inc()
-            log.info("booting instance registered meanwhile; kept",
-                     extra={"instance_id": w.instance_id, "event": "boot_timeout_lost"})
-            return LOST
-        self.metrics.boots_timed_out.inc()
-        since = w.first_seen if w.first_seen is not None else w.last_heartbeat
-        log.warning("instance never registered; replacing it",
-                    extra={"instance_id": w.instance_id, "event": "boot_timed_out",
-                           "booting_seconds": round(now - since, 3)})
-        return self._recycle(Recycle(w.instance_id, None, "never booted", decrement=False,
-                                     in_group=True), now)
-
-    def _remove_orphan(self, w: Worker) -> str:
-        try:
-            removed = self.store.workers.remove(w.instance_id, only_if_status=(w.status,))
-        except ConditionFailed:
-            self.metrics.races_lost.inc()
-            return LOST
-        self.known.discard(w.instance_id)
-        if not removed:
-            return GONE
-        self.metrics.orphans_removed.inc()
-        if w.status == "leased":
-            self.store.leases.forget_user(w.user_id, w.instance_id)
-            self.metrics.leased_lost.inc()
-            log.warning("leased worker's instance vanished: its user lost their machine",
-                        extra={**_ids(w), "event": "leased_worker_lost"})
-        log.info("orphan item removed: instance no longer in the ASG",
-                 extra={**_ids(w), "event": "orphan_removed", "status": w.status})
-        return DONE
-
-    def _track(self, a: TrackBooting, now: float) -> str:
-        created = self.store.workers.track_booting(a.instance_id, now=now)
-        self.known.add(a.instance_id)
-        if created:
-            log.info("tracking new instance as booting",
-                     extra={"instance_id": a.instance_id, "event": "tracking_booting"})
-        return DONE if created else GONE
 
     # --- the loop --------------------------------------------------------------------------
     def run(self, stopper: Stopper) -> None:

@@ -9,13 +9,20 @@ Rules, in the order their actions are applied:
 
 1. an expired lease (leased, ``0 < leaseExpiry <= now``): Expire, then Recycle;
 2. a silent worker (free or leased, no heartbeat for HEARTBEAT_TIMEOUT): MarkDead, then
-   Recycle; an expired lease that is also silent is expired, not reported as lost;
+   Recycle; an expired lease that is also silent is expired, not reported as lost. Silence
+   is counted from our own recovery when AWS was unreachable (heartbeats could not be
+   written meanwhile), and when most of the pool is silent at once nobody is marked dead:
+   that is our outage, not theirs (as Kubernetes' node controller stops evicting when a
+   zone looks unhealthy);
 3. a draining or dead worker: Recycle (terminate with decrement, remove the item);
 4. a booting item whose instance left the ASG: RemoveOrphan; one older than
    BOOT_TIMEOUT_SECONDS: ReplaceNeverBooted (terminate without decrement: the ASG
    launches a replacement);
-5. on sweep passes (every ORPHAN_SWEEP_INTERVAL), any free/leased/booting item whose
-   instance is no longer a live member of the ASG: RemoveOrphan;
+5. on sweep passes (every ORPHAN_SWEEP_INTERVAL): a booting item whose instance is no
+   longer a live member of the ASG: RemoveOrphan; a free or leased one (Standby, detached):
+   Retire then Recycle, so its tombstone keeps it from ever coming back as a free worker
+   with the last user's disk; a free worker unhealthy for UNHEALTHY_GRACE_SECONDS: Retire
+   then Recycle without decrement (the ASG replaces it);
 6. a live ASG instance that the table does not know: TrackBooting.
 """
 
@@ -29,6 +36,13 @@ from shared.state import AsgState, Worker
 #: ``reason`` that store.mark_dead writes for a booting item: such a worker was never
 #: handed out, so it is replaced (no decrement) rather than recycled (decrement).
 NEVER_BOOTED_REASON = "was booting"
+#: ``reason`` of a free worker taken out for being unhealthy: replaced, not decremented.
+UNHEALTHY_REASON = "unhealthy"
+LEFT_REASON = "left the group"
+#: When at least this share of the live workers (and at least MASS_SILENCE_MIN) fall silent
+#: at once, the silence is ours (dispatchers or AWS down), and nobody is marked dead.
+MASS_SILENCE_SHARE = 0.5
+MASS_SILENCE_MIN = 3
 
 
 @dataclass(frozen=True)
@@ -46,6 +60,10 @@ class Snapshot:
     #: Instance ids the loop knows have an item (from the last sweep and since), so that
     #: finding ASG instances unknown to the table needs no Scan on ordinary passes.
     known_ids: frozenset[str] = field(default_factory=frozenset)
+    #: When AWS answered again after our last failed pass (epoch s), else None.
+    recovered_at: float | None = None
+    #: Free and leased workers at the last sweep (how big "most of the pool" is).
+    live_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,14 @@ class Recycle:
 
 
 @dataclass(frozen=True)
+class Retire:
+    """free/leased → draining (only in the status and heartbeat seen), for ``reason``."""
+
+    worker: Worker
+    reason: str
+
+
+@dataclass(frozen=True)
 class ReplaceNeverBooted:
     """booting → dead (fences a late registration) → confirm → terminate, no decrement."""
 
@@ -96,15 +122,36 @@ class TrackBooting:
     instance_id: str
 
 
-Action = Expire | MarkDead | Recycle | ReplaceNeverBooted | RemoveOrphan | TrackBooting
+Action = (Expire | MarkDead | Retire | Recycle | ReplaceNeverBooted | RemoveOrphan
+          | TrackBooting)
 
 
 def lease_expired(w: Worker, now: float) -> bool:
     return w.status == "leased" and 0 < w.lease_expiry <= now
 
 
-def silent(w: Worker, now: float, settings: Settings) -> bool:
-    return w.status in ("free", "leased") and now - w.last_heartbeat >= settings.dead_after
+def silent(w: Worker, now: float, settings: Settings, recovered_at: float | None = None
+           ) -> bool:
+    """No heartbeat for HEARTBEAT_TIMEOUT, counted from our recovery if AWS was down."""
+    heard = max(w.last_heartbeat, recovered_at or 0.0)
+    return w.status in ("free", "leased") and now - heard >= settings.dead_after
+
+
+def mass_silence(silent_count: int, live_workers: int) -> bool:
+    """Most of the pool silent at once: our outage (dispatchers, broker, AWS), not theirs."""
+    return silent_count >= max(MASS_SILENCE_MIN, MASS_SILENCE_SHARE * live_workers)
+
+
+def live_workers(snapshot: Snapshot) -> int:
+    """Free and leased workers: counted in this pass's sweep, else at the last one."""
+    if snapshot.everything is None:
+        return snapshot.live_workers
+    return sum(1 for w in snapshot.everything if w.status in ("free", "leased"))
+
+
+def unhealthy_too_long(w: Worker, now: float, settings: Settings) -> bool:
+    return (w.status == "free" and not w.healthy and w.unhealthy_since is not None
+            and now - w.unhealthy_since >= settings.unhealthy_grace_seconds)
 
 
 def boot_timed_out(w: Worker, now: float, settings: Settings) -> bool:
@@ -128,10 +175,13 @@ def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
         if lease_expired(w, now) and take(w):
             actions += [Expire(w), Recycle(w.instance_id, w.user_id, "expired",
                                            in_group=w.instance_id in live)]
-    for w in snapshot.stale:
-        if silent(w, now, settings) and take(w):
-            actions += [MarkDead(w), Recycle(w.instance_id, w.user_id, "dead",
-                                             in_group=w.instance_id in live)]
+    dying = [w for w in snapshot.stale if silent(w, now, settings, snapshot.recovered_at)
+             and w.instance_id not in handled]
+    if not mass_silence(len(dying), live_workers(snapshot)):
+        for w in dying:
+            if take(w):
+                actions += [MarkDead(w), Recycle(w.instance_id, w.user_id, "dead",
+                                                 in_group=w.instance_id in live)]
     for w in (*snapshot.draining, *snapshot.dead):
         if w.status in ("draining", "dead") and take(w):
             actions.append(Recycle(w.instance_id, w.user_id, w.reason or w.status,
@@ -145,8 +195,16 @@ def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
         elif boot_timed_out(w, now, settings) and take(w):
             actions.append(ReplaceNeverBooted(w))
     for w in snapshot.everything or ():
-        if w.status in ("booting", "free", "leased") and w.instance_id not in live and take(w):
+        if w.instance_id in live or w.status not in ("booting", "free", "leased"):
+            if unhealthy_too_long(w, now, settings) and take(w):
+                actions += [Retire(w, UNHEALTHY_REASON),
+                            Recycle(w.instance_id, None, UNHEALTHY_REASON, decrement=False)]
+            continue
+        if w.status == "booting" and take(w):
             actions.append(RemoveOrphan(w))
+        elif take(w):  # free or leased, out of the group: never to come back as it is
+            actions += [Retire(w, LEFT_REASON),
+                        Recycle(w.instance_id, w.user_id, LEFT_REASON, in_group=False)]
 
     seen = {w.instance_id for w in (*snapshot.expired, *snapshot.stale, *snapshot.draining,
                                     *snapshot.dead, *snapshot.booting)}

@@ -8,6 +8,7 @@ from scaler.loop import Scaler
 from scaler.metrics import ScalerMetrics
 from shared import topology
 from shared.asg import Asg
+from shared.aws import FAST
 from shared.broker import Publisher, connect
 from shared.config import connection_name
 from shared.health import CachedCheck
@@ -20,9 +21,11 @@ from shared.store import Store
 def main() -> int:
     with Runtime("scaler") as rt:
         s = rt.settings
-        store = Store.from_settings(s)
-        asg = Asg.from_settings(s)
+        store = Store.from_settings(s, policy=FAST)
         name = connection_name("scaler")
+        leadership = Leadership(store, name="scaler", owner=name, ttl=s.lock_ttl_seconds)
+        # every mutating ASG call is fenced: made only while the lock is provably ours
+        asg = Asg.from_settings(s, policy=FAST, fence=leadership.fence)
         capacity = Publisher(s.amqp_url, name, give_up_after=2.0)
 
         def publish_capacity(status: CapacityStatus) -> None:
@@ -34,7 +37,7 @@ def main() -> int:
         scaler = Scaler(
             settings=s, store=store, asg=asg, metrics=metrics,
             publish_capacity=publish_capacity,
-            leadership=Leadership(store, name="scaler", owner=name, ttl=s.lock_ttl_seconds),
+            leadership=leadership,
             open_feed=lambda: EventFeed(
                 scaling_consumer(s.amqp_url, name), senders=s.service_user_names,
                 on_refused=lambda d: metrics.refused.labels(reason="untrusted sender").inc()),

@@ -36,7 +36,7 @@ from scaler.policy import (
 from shared.asg import Asg
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
-from shared.errors import AwsError, AwsUnavailable
+from shared.errors import AwsError, AwsUnavailable, LockLost
 from shared.leader import Leadership
 from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent
 from shared.state import STATUSES
@@ -147,7 +147,7 @@ class Scaler:
             self.book = self.book.leased(sent)
             self.actions.protect_now(event.instance_id)
             return
-        self.book = self.book.reported(event.waiting, sent, now)
+        self.book = self.book.reported(event.waiting, sent, now, event.reporter or "")
         if self.settings.scale_strategy == "naive":
             self.reconcile(now, trigger="event")
             return
@@ -208,9 +208,12 @@ class Scaler:
 
 
 def guarded(fn: Callable[[], Any], what: str, metrics: ScalerMetrics) -> None:
-    """Run one pass; AWS trouble is logged and retried next pass, never fatal."""
+    """Run one pass; AWS trouble is logged and retried next pass, never fatal; a lost lock
+    ends the pass (we are a standby now: Leadership.fence said so)."""
     try:
         fn()
+    except LockLost as exc:
+        log.info("%s stopped: %s", what, exc)
     except (AwsError, AwsUnavailable) as exc:
         metrics.errors.inc()
         log.warning("%s failed; retrying next pass", what, extra={"error": str(exc)})

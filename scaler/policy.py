@@ -237,27 +237,44 @@ def launch_status(activities: Sequence[Activity], since: float) -> LaunchStatus:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """One dispatcher's latest count of waiting claims."""
+
+    waiting: int
+    sent_at: float  # the report's own time (reports are compared by it)
+    received_at: float  # our clock, for expiry
+
+
+@dataclass(frozen=True)
 class WaitingBook:
-    """The dispatcher's latest count of waiting claims, kept honest between reports.
+    """Every dispatcher's latest count of waiting claims, summed, kept honest between
+    reports: one dispatcher's 0 never erases another's 50 (only the one holding the waiting
+    queue has any, but any may report). A count lives until its dispatcher reports again
+    (dispatchers also report the end of a shortage), each lease after a report serves a
+    waiting claim (they go first) and takes one off, and a report older than ``memory``
+    seconds is dropped (its dispatcher may be gone)."""
 
-    The dispatcher reports on change, not periodically, so a count would otherwise live for
-    ever: every lease after the report serves a waiting claim (they go first, in arrival
-    order) and takes one off; a report older than ``memory`` seconds is dropped.
-    """
+    counts: tuple[tuple[str, Waiting], ...] = ()
 
-    waiting: int = 0
-    sent_at: float = 0.0  # the report's own time (events are compared by it)
-    received_at: float = 0.0  # our clock, for expiry
-
-    def reported(self, waiting: int, sent_at: float, now: float) -> WaitingBook:
-        if sent_at < self.sent_at:  # an older report overtaken by a newer one
-            return self
-        return WaitingBook(waiting=waiting, sent_at=sent_at, received_at=now)
+    def reported(self, waiting: int, sent_at: float, now: float, reporter: str = ""
+                 ) -> WaitingBook:
+        known = dict(self.counts)
+        if reporter in known and sent_at < known[reporter].sent_at:
+            return self  # an older report overtaken by a newer one
+        known[reporter] = Waiting(waiting, sent_at, now)
+        return WaitingBook(tuple(sorted(known.items())))
 
     def leased(self, sent_at: float) -> WaitingBook:
-        if sent_at < self.sent_at or self.waiting == 0:
+        """A lease (at ``sent_at``) took a waiting claim off the largest count before it."""
+        candidates = [(w.waiting, r) for r, w in self.counts
+                      if w.waiting > 0 and w.sent_at <= sent_at]
+        if not candidates:
             return self
-        return WaitingBook(self.waiting - 1, self.sent_at, self.received_at)
+        _, reporter = max(candidates)
+        known = dict(self.counts)
+        w = known[reporter]
+        known[reporter] = Waiting(w.waiting - 1, w.sent_at, w.received_at)
+        return WaitingBook(tuple(sorted(known.items())))
 
     def current(self, now: float, memory: float) -> int:
-        return self.waiting if now - self.received_at <= memory else 0
+        return sum(w.waiting for _, w in self.counts if now - w.received_at <= memory)

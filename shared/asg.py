@@ -7,17 +7,26 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
-from shared.aws import aws_call, client, error_code, error_message
+from shared.aws import (
+    STANDARD,
+    CallPolicy,
+    Reachability,
+    aws_call,
+    client,
+    error_code,
+    error_message,
+)
 from shared.config import Settings
 from shared.errors import AwsError
 from shared.state import Activity, AsgInstance, AsgState
 
-log = logging.getLogger("workerpool.asg")
+log = logging.getLogger(__name__)
 
 
 class Asg:
@@ -27,10 +36,16 @@ class Asg:
                    endpoint_url=settings.aws_endpoint_url, **kwargs)
 
     def __init__(self, *, name: str, region: str, endpoint_url: str | None = None,
-                 autoscaling: Any = None, ec2: Any = None) -> None:
+                 autoscaling: Any = None, ec2: Any = None, policy: CallPolicy = STANDARD,
+                 fence: Callable[[], None] | None = None) -> None:
+        """``fence``: called right before every attempt of a mutating call (raises LockLost
+        when this replica may not act: shared.leader.Leadership.fence)."""
         self.name = name
+        self.policy = policy
+        self.reachability = Reachability()
+        self.fence = fence
         self.api = autoscaling or client("autoscaling", region=region,
-                                         endpoint_url=endpoint_url)
+                                         endpoint_url=endpoint_url, policy=policy)
         self._region = region
         self._endpoint = endpoint_url
         self._ec2 = ec2
@@ -64,14 +79,20 @@ class Asg:
             ),
         )
 
+    def _fenced(self) -> None:
+        if self.fence is not None:
+            self.fence()
+
     @aws_call
     def set_desired(self, desired: int) -> None:
+        self._fenced()
         self.api.set_desired_capacity(AutoScalingGroupName=self.name,
                                       DesiredCapacity=desired, HonorCooldown=False)
 
     @aws_call
     def set_protection(self, instance_ids: list[str], protected: bool) -> None:
         for start in range(0, len(instance_ids), 50):  # the API takes 50 at a time
+            self._fenced()
             self.api.set_instance_protection(
                 AutoScalingGroupName=self.name, InstanceIds=instance_ids[start:start + 50],
                 ProtectedFromScaleIn=protected)
@@ -79,6 +100,7 @@ class Asg:
     @aws_call
     def terminate(self, instance_id: str, *, decrement: bool = True) -> bool:
         """Terminate one chosen instance; False if it was no longer in the group."""
+        self._fenced()
         try:
             self.api.terminate_instance_in_auto_scaling_group(
                 InstanceId=instance_id, ShouldDecrementDesiredCapacity=decrement)

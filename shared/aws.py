@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
@@ -32,13 +34,56 @@ from shared.errors import AwsError, AwsUnavailable
 
 log = logging.getLogger(__name__)
 
-#: botocore's "standard" mode retries throttling and 5xx with jittered backoff itself.
-BOTO_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 6},
-    connect_timeout=3,
-    read_timeout=10,
-    max_pool_connections=32,
-)
+@dataclass(frozen=True)
+class CallPolicy:
+    """How long one AWS call may take: botocore makes one attempt of at most
+    ``connect + read`` seconds, and ``aws_call`` retries an unreachable or throttling AWS
+    ``attempts`` times (jittered backoff, logged). Short on purpose: a claim's deadline and
+    the scaler's and reaper's lock (fencing) are counted in seconds, so no call may hang for
+    a minute as botocore's defaults allow."""
+
+    connect: float
+    read: float
+    attempts: int
+
+    def config(self) -> Config:
+        return Config(retries={"mode": "standard", "max_attempts": 1},
+                      connect_timeout=self.connect, read_timeout=self.read,
+                      max_pool_connections=32)
+
+
+#: The services' calls: at most ~6 s an attempt, 3 attempts.
+STANDARD = CallPolicy(connect=2, read=4, attempts=3)
+#: Calls on a path with a deadline (a claim, a fenced scaler or reaper action): ~3 s, 2 tries.
+FAST = CallPolicy(connect=1, read=2, attempts=2)
+#: Health probes and best-effort writes while AWS is known to be down: one short try.
+QUICK = CallPolicy(connect=1, read=2, attempts=1)
+
+
+class Reachability:
+    """Whether AWS answered our last call (thread-safe enough: plain assignments). What
+    depends on AWS being up (answering a claim's outcome before its deadline, counting the
+    reaper's grace after an outage) asks it instead of finding out the slow way."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None  # monotonic, while the last call failed
+        self.up_since: float | None = None  # monotonic, since AWS answered again
+        self.reason: str | None = None
+
+    def ok(self) -> None:
+        if self.down_since is not None or self.up_since is None:
+            self.up_since = time.monotonic()
+        self.down_since, self.reason = None, None
+
+    def failed(self, exc: Exception) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.reason = str(exc)[:300]
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
 
 THROTTLING = {
     "ThrottlingException",
@@ -87,17 +132,12 @@ def _recorder(path: str) -> Callable[..., None]:
     return record
 
 
-#: For health checks: one try, short timeouts (an answer within ~2 s, even when AWS is not).
-QUICK_CONFIG = Config(retries={"mode": "standard", "max_attempts": 1}, connect_timeout=1,
-                      read_timeout=2)
-
-
 def client(service: str, *, region: str, endpoint_url: str | None = None,
-           quick: bool = False) -> Any:
-    """A boto3 client; AWS_ENDPOINT_URL (an emulator) is honoured when ``endpoint_url`` is
-    given."""
+           policy: CallPolicy = STANDARD) -> Any:
+    """A boto3 client whose calls take at most ``policy``'s time; AWS_ENDPOINT_URL (an
+    emulator) is honoured when ``endpoint_url`` is given."""
     c = boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
-                     config=QUICK_CONFIG if quick else BOTO_CONFIG)
+                     config=policy.config())
     path = os.environ.get(RECORD_ENV)
     if path:
         c.meta.events.register("before-parameter-build", _recorder(path))
@@ -131,27 +171,39 @@ def translate(exc: Exception) -> Exception:
 
 
 def aws_call(fn: Callable[..., T]) -> Callable[..., T]:
-    """Retry an adapter method while AWS is unreachable (3 tries, jittered), then raise.
+    """Retry one AWS request while AWS is unreachable or throttles, then raise.
 
-    Throttling is already retried by botocore; what reaches us is translated. ClientErrors
+    The attempts come from the adapter's ``policy`` (the method's ``self``; STANDARD when it
+    has none) and the outcome is noted on its ``reachability`` if it keeps one. ClientErrors
     that a method handles itself (a failed condition) must be caught inside ``fn``.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        owner = args[0] if args else None
+        policy: CallPolicy = getattr(owner, "policy", STANDARD)
+        seen: Reachability | None = getattr(owner, "reachability", None)
         retrying = Retrying(
             retry=retry_if_exception_type(AwsUnavailable),
             wait=wait_exponential(multiplier=0.2, max=3) + wait_random(0, 0.2),
-            stop=stop_after_attempt(3),
+            stop=stop_after_attempt(policy.attempts),
             before_sleep=before_sleep_log(log, logging.WARNING),
             reraise=True,
         )
-        for attempt in retrying:
-            with attempt:
-                try:
-                    return fn(*args, **kwargs)
-                except (ClientError, BotoCoreError) as exc:
-                    raise translate(exc) from exc
+        try:
+            for attempt in retrying:
+                with attempt:
+                    try:
+                        result = fn(*args, **kwargs)
+                    except (ClientError, BotoCoreError) as exc:
+                        raise translate(exc) from exc
+                    if seen is not None:
+                        seen.ok()
+                    return result
+        except AwsUnavailable as exc:
+            if seen is not None:
+                seen.failed(exc)
+            raise
         raise AssertionError("unreachable")
 
     return wrapper

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     gateway_users: str = ""
     #: v2, agent: where its Ed25519 key is kept (mode 0600), made on first start.
     agent_key_file: str = Field(default="/var/lib/workerpool/agent.key", min_length=1)
+    #: agent: on SIGTERM, deregister only when the VM itself shuts down (``auto``: asks
+    #: systemd), ``always`` (the simulated fleet), or ``never`` (docs/agent.md)
+    agent_deregister_on_stop: Literal["auto", "always", "never"] = "auto"
     #: agent: where it makes code-server's TLS certificate at first start (code-server's
     #: ``cert``/``cert-key``); unset: code-server serves plain HTTP (docs/deploy.md).
     code_server_tls_dir: str | None = None
@@ -97,6 +100,8 @@ class Settings(BaseSettings):
     scale_in_idle_seconds: float = Field(default=600, ge=0)
     lock_ttl_seconds: float = Field(default=15, gt=0)
     orphan_sweep_interval: float = Field(default=60, gt=0)
+    #: reaper: a free worker unhealthy this long (its code-server failing) is replaced
+    unhealthy_grace_seconds: float = Field(default=300, ge=0)
     launch_template_name: str = Field(default="workerpool-worker", min_length=3)
     worker_ami_id: str = "ami-12c6146b"
     worker_instance_type: str = "t3.medium"
@@ -160,10 +165,14 @@ class Settings(BaseSettings):
             raise ValueError("is not a PEM certificate file")
         return value
 
-    @field_validator("aws_ec2_metadata_service_endpoint", "code_server_url", mode="before")
+    @field_validator("aws_ec2_metadata_service_endpoint", "code_server_url",
+                     "agent_deregister_on_stop", mode="before")
     @classmethod
     def _empty_is_default(cls, value: str | None, info: object) -> str:
         """An empty value (``CODE_SERVER_URL=``) means the default, not "no URL"."""
+        if isinstance(value, str) and getattr(info, "field_name", "") == \
+                "agent_deregister_on_stop":
+            value = value.strip().lower()
         if value in (None, ""):
             name = getattr(info, "field_name", "")
             return str(cls.model_fields[name].default)

@@ -64,3 +64,8 @@ class ConditionFailed(WorkerpoolError):
     def __init__(self, what: str, item: dict[str, Any] | None = None) -> None:
         super().__init__(what)
         self.item = item
+
+
+class LockLost(WorkerpoolError):
+    """This replica no longer provably holds its active-replica lock (another took it over,
+    or it could not be confirmed): the mutating call it guarded was not made."""

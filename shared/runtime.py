@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,18 @@ from shared.health import HealthServer
 
 lifecycle = logging.getLogger("workerpool.lifecycle")
 lifecycle.setLevel(logging.INFO)
+
+#: PROTOCOL §1: a process stops within 10 s of SIGTERM. The loops finish or hand back what
+#: they hold well before; this is the hard stop behind them, whatever blocks (a call into an
+#: AWS or a broker that does not answer).
+STOP_DEADLINE = 9.0
+
+
+def _hard_stop() -> None:
+    lifecycle.warning("still stopping after %gs; exiting without waiting further",
+                      STOP_DEADLINE, extra={"event": "stopped", "hard_stop": True})
+    logging.shutdown()
+    os._exit(0)
 
 
 class Runtime:
@@ -57,6 +70,10 @@ class Runtime:
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         lifecycle.info("stopping", extra={"event": "stopping",
                                           "signal": signal.Signals(signum).name})
+        if not self._stop.is_set():
+            timer = threading.Timer(STOP_DEADLINE, _hard_stop)
+            timer.daemon = True
+            timer.start()
         self._stop.set()
         for fn in self._on_stop:
             fn()

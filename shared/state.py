@@ -26,6 +26,7 @@ class Worker:
     instance_type: str | None = None
     availability_zone: str | None = None
     tls_fingerprint: str | None = None  # code-server's certificate (SHA-256), if it serves TLS
+    unhealthy_since: float | None = None  # first unhealthy heartbeat of the current spell
 
     def url(self, port: int) -> str:
         """code-server's address: https when the worker registered a TLS certificate."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("workerpool.ticker")
+log = logging.getLogger(__name__)
 
 
 @dataclass

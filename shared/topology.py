@@ -37,6 +37,28 @@ SENDER_HEADER = "x-workerpool-sender"
 SIGNATURE_HEADER = "x-workerpool-signature"
 #: The reason a message from a broker user outside SERVICE_USERS is dead-lettered with.
 UNTRUSTED_SENDER = "untrusted sender"
+#: Header on a message sent back to wait out a transient failure: how many times so far.
+ATTEMPT_HEADER = "x-workerpool-attempt"
+
+#: Delay queues for transient failures (AWS unreachable): a message goes to the tier's
+#: fanout exchange with its own queue as routing key, waits the tier's TTL in a queue nobody
+#: consumes, and is dead-lettered back to the default exchange with that routing key, so to
+#: its own queue. Unlike a requeue it does not spend the queue's delivery limit (kept for
+#: poison: a message that crashes its consumer). (seconds, name), by attempt (retry_tier).
+RETRY_TIERS: tuple[tuple[int, str], ...] = (
+    (1, "workerpool.retry.1s"), (5, "workerpool.retry.5s"), (30, "workerpool.retry.30s"))
+
+
+def retry_tier(attempt: int) -> str | None:
+    """The delay exchange for a message's ``attempt``-th retry (1-based): 3 × 1 s, 3 × 5 s,
+    then 30 s up to 26 attempts (about ten minutes in all); None: give up."""
+    if attempt <= 3:
+        return RETRY_TIERS[0][1]
+    if attempt <= 6:
+        return RETRY_TIERS[1][1]
+    if attempt <= 26:
+        return RETRY_TIERS[2][1]
+    return None
 #: Header set on waiting claims: epoch microseconds when the claim first arrived.
 ARRIVED_HEADER = "x-workerpool-arrived-at"
 
@@ -77,6 +99,10 @@ QUEUES: tuple[QueueSpec, ...] = (
               "dispatcher", _quorum(**{"x-single-active-consumer": True})),
     QueueSpec(SCALING, "shortage and leased events for the active scaler",
               _quorum(**{"x-max-length": 1000, "x-overflow": "drop-head"})),
+    *(QueueSpec(name, f"messages waiting {seconds} s to be tried again (a transient failure)",
+                {"x-queue-type": "classic", "x-message-ttl": seconds * 1000,
+                 "x-dead-letter-exchange": ""})
+      for seconds, name in RETRY_TIERS),
 )
 
 #: Broker policy for the public request queues (deploy/rabbitmq/definitions.json).
@@ -87,13 +113,15 @@ POLICIES: tuple[dict[str, Any], ...] = (
                     "delivery-limit": DELIVERY_LIMIT}},
 )
 
-EXCHANGES: tuple[tuple[str, str], ...] = ((CAPACITY_EXCHANGE, "fanout"),)
+EXCHANGES: tuple[tuple[str, str], ...] = (
+    (CAPACITY_EXCHANGE, "fanout"), *((name, "fanout") for _, name in RETRY_TIERS))
 
 #: (exchange, queue, routing key) bindings declared with the queues.
 BINDINGS: tuple[tuple[str, str, str], ...] = (
     (AGENTS_TOPIC_EXCHANGE, AGENTS, AGENTS),
     # an agent confined to amq.topic dead-letters a refused command through it
     (AGENTS_TOPIC_EXCHANGE, DEAD_LETTER, DEAD_LETTER),
+    *((name, name, "") for _, name in RETRY_TIERS),
 )
 
 

@@ -38,7 +38,7 @@ from sim.fleetplan import new_instances, plan
 from sim.identity import IdentityAuthority
 from sim.vm import SimVm, agent_env, made_up_addresses, start_agent
 
-log = logging.getLogger("workerpool.fleet")
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 STOP_GRACE = 7.0  # SIGTERM → SIGKILL for agents when the fleet stops (fleet exits < 10 s)

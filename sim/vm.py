@@ -83,6 +83,9 @@ def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer, *
            # per-lease passwords land in this VM's own config file
            "CODE_SERVER_CONFIG": str(code_server.config_path),
            "AGENT_KEY_FILE": str(key_file),
+           # the fleet SIGTERMs an agent when its instance leaves the ASG: that is the VM
+           # going away, whatever the host's own systemd says (agent/shutdown.py)
+           "AGENT_DEREGISTER_ON_STOP": "always",
            **({"CODE_SERVER_TLS_DIR": str(code_server.tls_dir)} if code_server.tls_dir
               else {}),
            "PYTHONUNBUFFERED": "1"}

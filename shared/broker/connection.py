@@ -3,11 +3,18 @@
 pika's rule, which every other module here follows: a connection (and its channels) belongs
 to the one thread that opened it. Nothing in this module keeps a connection; callers own
 theirs.
+
+``AMQP_URL`` may name several brokers, the nodes of one cluster, comma-separated:
+``amqp://u:p@h1:5672/%2F,amqp://u:p@h2:5672/%2F``. Every connection (a consumer's, a
+publisher's, a reconnect) tries them in a random order and takes the first that answers, so
+connections spread over the nodes and a reconnect after a node is lost lands on a survivor.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import re
 import threading
 from typing import Any
 
@@ -26,7 +33,7 @@ from tenacity import (
 from shared.config import redact_url
 from shared.errors import BrokerUnavailable
 
-log = logging.getLogger("workerpool.broker")
+log = logging.getLogger(__name__)
 
 #: Errors that mean "this connection or channel is gone": drop it and reconnect. pika's
 #: UnroutableError and NackError are channel errors too; publish_on translates them first.
@@ -47,12 +54,17 @@ JSON = "application/json"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-def connection_parameters(url: str, name: str) -> pika.URLParameters:
-    """URL parameters plus the connection name, heartbeat and blocked-connection timeout.
+#: Between two URLs of a list: a comma where the next URL begins (a password may hold a
+#: comma; it cannot hold ",amqp://").
+_SEPARATOR = re.compile(r"\s*,\s*(?=amqps?://)")
 
-    pika's defaults leave ``blocked_connection_timeout`` unset, so a publisher blocked by a
-    broker alarm would hang forever; we give up after 30 s and reconnect instead.
-    """
+
+def broker_urls(url: str) -> list[str]:
+    """The URLs that ``url`` (an AMQP_URL) lists, in the order written: one for one broker."""
+    return [u for u in _SEPARATOR.split(url.strip()) if u] or [url]
+
+
+def _parameters(url: str, name: str) -> pika.URLParameters:
     params = pika.URLParameters(url)
     params.client_properties = {"connection_name": name, "product": "workerpool"}
     if "heartbeat=" not in url:
@@ -65,20 +77,52 @@ def connection_parameters(url: str, name: str) -> pika.URLParameters:
     return params
 
 
+def connection_parameters(url: str, name: str) -> list[pika.URLParameters]:
+    """For each broker ``url`` lists (in the order written): URL parameters plus the
+    connection name, heartbeat and blocked-connection timeout.
+
+    pika's defaults leave ``blocked_connection_timeout`` unset, so a publisher blocked by a
+    broker alarm would hang forever; we give up after 30 s and reconnect instead. The brokers
+    of a list must share one user and vhost: every message carries the user as its
+    ``user_id`` (``broker_user``), which the broker checks against the connection's.
+    """
+    params = [_parameters(u, name) for u in broker_urls(url)]
+    if len({(p.credentials.username, p.virtual_host) for p in params}) > 1:
+        raise ValueError("the brokers of an AMQP_URL list must share one user and vhost")
+    return params
+
+
 def broker_user(url: str) -> str:
     """The user a connection to ``url`` authenticates as (pika's default: guest). Every
     message we publish carries it as the AMQP ``user_id`` property, which RabbitMQ checks
     against the connection's user (a mismatch closes the channel), so a receiver can trust
     it (PROTOCOL §2 v2)."""
-    return str(pika.URLParameters(url).credentials.username)
+    return str(pika.URLParameters(broker_urls(url)[0]).credentials.username)
 
 
 def connect(url: str, name: str) -> BlockingConnection:
-    """A new blocking connection, or ``BrokerUnavailable`` naming the (redacted) URL."""
-    try:
-        return BlockingConnection(connection_parameters(url, name))
-    except CONNECTION_ERRORS as exc:
-        raise BrokerUnavailable(f"broker at {redact_url(url)} does not answer: {exc!r}") from exc
+    """A new blocking connection to the first broker of ``url`` that answers, trying them in
+    a random order (pika's blocking_consume_recover_multiple_hosts.py shuffles likewise), or
+    ``BrokerUnavailable`` naming each (redacted) URL and why it failed.
+
+    We walk the list ourselves rather than hand pika all of it: pika ends its pass over the
+    list at the first host name that does not resolve, without trying the rest."""
+    urls = broker_urls(url)
+    pairs = list(zip(urls, connection_parameters(url, name), strict=True))
+    random.shuffle(pairs)
+    failures: list[str] = []
+    last: BaseException | None = None
+    for one, params in pairs:
+        try:
+            return BlockingConnection(params)
+        except CONNECTION_ERRORS as exc:
+            if len(urls) == 1:
+                raise BrokerUnavailable(
+                    f"broker at {redact_url(one)} does not answer: {exc!r}") from exc
+            failures.append(f"{redact_url(one)}: {exc!r}")
+            last = exc
+    raise BrokerUnavailable(f"none of the {len(urls)} brokers answers: {'; '.join(failures)}"
+                            ) from last
 
 
 def close_quietly(conn: BlockingConnection | None) -> None:

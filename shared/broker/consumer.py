@@ -1,14 +1,12 @@
 """``Consumer``: consumes on one connection owned by the thread that calls ``run()``.
 
 Manual acks, a bounded prefetch, invalid messages copied to ``workerpool.dead-letter`` with a
-reason (never requeued, never blocking the queue), reconnect with backoff that resets after a
-healthy session. A ``Delivery`` may be settled from any thread: settlements from other
-threads go through ``add_callback_threadsafe`` (pika's basic_consumer_threaded.py) and are
-dropped, the broker redelivering, if the channel that delivered the message is gone, so
-nothing is acked twice or on the wrong channel.
-
-Periodic work does not belong here (it would stop while the connection is down): see
-``shared.ticker.Ticker``.
+reason, reconnect with backoff that resets after a healthy session, and subscriptions that
+heal: a consumer the broker cancels (its queue deleted) or a channel it closes is noticed,
+and everything is consumed again on a new connection. A ``Delivery`` may be settled from any
+thread: through ``add_callback_threadsafe`` (pika's basic_consumer_threaded.py), dropped (the
+broker redelivering) if its channel is gone, so nothing is acked twice or on the wrong
+channel. Periodic work is not done here: ``shared.ticker.Ticker``.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ from shared.broker.publisher import properties, publish_on
 from shared.broker.subscriptions import LOCKED_PAUSE, Callback, Own, Subscriptions
 from shared.errors import BrokerUnavailable
 
-log = logging.getLogger("workerpool.broker")
+log = logging.getLogger(__name__)
 
 
 class Consumer:
@@ -70,6 +68,9 @@ class Consumer:
         self._tags: dict[str, str] = {}  # queue -> consumer tag
         self.connected = threading.Event()
         self.own_ready = threading.Event()
+        #: consumers the broker cancelled; connections after the first (each resubscribes)
+        self.cancels = 0
+        self.resubscriptions = 0
 
     # configuration (before run) ---------------------------------------------------------
     def subscribe(self, queue: str, handler: Handler, **consume_args: Any) -> None:
@@ -83,20 +84,17 @@ class Consumer:
     def subscribe_own(self, queue: str, handler: Handler, *,
                       bind_exchange: str | None = None) -> None:
         """Consume ``queue``, exclusive and auto-delete, declared by us on every connection
-        (on this consumer's own channel, as an exclusive queue must be). ``bind_exchange``:
-        also bind it to that exchange with routing key = ``queue``. While the broker still
-        holds the queue for our previous connection (405 RESOURCE_LOCKED), we pause
+        (``bind_exchange``: also bound there, routing key = ``queue``). While the broker
+        still holds it for our previous connection (405 RESOURCE_LOCKED) we pause
         ``LOCKED_PAUSE`` and reconnect. ``own_ready`` is set once it is consumed."""
         self._subs.own.append(Own(queue, handler, bind_exchange))
 
     def on_connect(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` on the consumer thread after each (re)connection, once every
-        subscription is consumed."""
+        """Call ``fn`` on the consumer thread once each (re)connection consumes everything."""
         self._on_connect.append(fn)
 
     def on_disconnect(self, fn: Callable[[], None]) -> None:
-        """Call ``fn`` on the consumer thread when a connection is lost or closed: every
-        delivery not yet settled will be redelivered, and settling it now does nothing."""
+        """Call ``fn`` when a connection is lost (its unsettled deliveries are redelivered)."""
         self._on_disconnect.append(fn)
 
     # running ----------------------------------------------------------------------------
@@ -144,12 +142,17 @@ class Consumer:
             pub.confirm_delivery()
             self._conn, self._channel, self._pub_channel = conn, channel, pub
             self._generation += 1
+            # a queue deleted (and declared again, as restoring definitions does) cancels our
+            # consumer from the broker's side: noticed here, healed by a reconnect
+            channel.add_on_cancel_callback(self._on_broker_cancel)
             self._tags = self._subs.start(channel, self._callback)
         except CONNECTION_ERRORS as exc:
             self._drop()
             close_quietly(conn)
             raise BrokerUnavailable(f"could not set up consumer: {exc!r}") from exc
         self._start_own(channel)
+        if self._generation > 1:
+            self.resubscriptions += 1
         self.connected.set()
         log.info("consumer connected", extra={"connection_name": self._name,
                                               "queues": self._subs.names()})
@@ -177,29 +180,34 @@ class Consumer:
             self._conn.process_data_events(time_limit=self._tick)
             if self._broken is not None:  # a handler may have swallowed it: reconnect anyway
                 raise self._broken
+            if not (self._channel and self._channel.is_open and self._pub_channel
+                    and self._pub_channel.is_open):  # closed by the broker, silently
+                raise BrokerUnavailable("a channel of this consumer was closed")
+
+    def _on_broker_cancel(self, frame: Any) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted): consume
+        everything again on a new connection, declaring what is missing."""
+        tag = getattr(getattr(frame, "method", None), "consumer_tag", None)
+        queue = next((q for q, t in self._tags.items() if t == tag), tag)
+        self.cancels += 1
+        log.warning("the broker cancelled our consumer; subscribing again",
+                    extra={"queue": queue, "connection_name": self._name,
+                           "event": "consumer_cancelled"})
+        self._broken = BrokerUnavailable(f"the broker cancelled our consumer of {queue}")
 
     def _callback(self, handler: Handler) -> Callback:
         return functools.partial(self._on_message, handler)
 
     def _on_message(self, handler: Handler, channel: BlockingChannel, method: Any,
                     props: Any, body: bytes) -> None:
-        delivery = Delivery(
-            queue=method.routing_key if not method.exchange else method.exchange,
-            body=body,
-            delivery_tag=method.delivery_tag,
-            redelivered=method.redelivered,
-            reply_to=props.reply_to,
-            correlation_id=props.correlation_id,
-            headers=dict(props.headers or {}),
-            user_id=props.user_id,
-            _settle=self._settle,
-            _generation=self._generation,
-        )
-        # name the queue it came from (a fanout's is ours, server-named)
-        for queue, tag in self._tags.items():
-            if tag == method.consumer_tag:
-                delivery.queue = queue
-        run_handler(handler, delivery)
+        # named by the queue it came from (a fanout's is ours, server-named)
+        queue = next((q for q, tag in self._tags.items() if tag == method.consumer_tag),
+                     method.exchange or method.routing_key)
+        run_handler(handler, Delivery(
+            queue=queue, body=body, delivery_tag=method.delivery_tag,
+            redelivered=method.redelivered, reply_to=props.reply_to,
+            correlation_id=props.correlation_id, headers=dict(props.headers or {}),
+            user_id=props.user_id, _settle=self._settle, _generation=self._generation))
 
     # settling ---------------------------------------------------------------------------
     def _settle(self, d: Delivery, how: Outcome, reason: str | None) -> None:
@@ -244,9 +252,8 @@ class Consumer:
         headers: dict[str, Any] | None = None, mandatory: bool = True,
         persistent: bool = True,
     ) -> None:
-        """Publish (with confirm) on this consumer's connection; consumer thread only (a
-        handler's reply, a dead-letter copy). Not retried: ``BrokerUnavailable`` also makes
-        the consumer reconnect, and the broker redelivers what was not acked."""
+        """Publish (with confirm) on this consumer's connection, from its thread (a reply, a
+        dead-letter copy). ``BrokerUnavailable`` also makes the consumer reconnect."""
         assert threading.get_ident() == self._thread, "publish_here is for the consumer thread"
         if self._pub_channel is None:
             raise BrokerUnavailable("not connected")
@@ -260,10 +267,8 @@ class Consumer:
 
     # teardown ---------------------------------------------------------------------------
     def _shutdown(self, idle: Callable[[], bool] | None) -> None:
-        """Cancel consumers, let in-flight work settle (up to 5 s), close.
-
-        Messages still unacked when the connection closes go back to their queue.
-        """
+        """Cancel consumers, let in-flight work settle (up to 5 s), close (what is still
+        unacked goes back to its queue)."""
         try:
             if self._channel is not None and self._channel.is_open:
                 for tag in list(self._tags.values()):

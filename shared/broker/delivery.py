@@ -21,11 +21,11 @@ from shared import topology
 from shared.broker.connection import LOST
 from shared.errors import InvalidMessage, Unroutable
 
-log = logging.getLogger("workerpool.broker")
+log = logging.getLogger(__name__)
 
 #: How a delivery ends: acked, requeued, rejected (dropped, or dead-lettered by the broker's
 #: policy), or copied to workerpool.dead-letter by us and then acked.
-Outcome = Literal["ack", "requeue", "reject", "dead-letter"]
+Outcome = Literal["ack", "requeue", "reject", "dead-letter", "retry"]
 
 
 class PublishFn(Protocol):
@@ -64,6 +64,18 @@ class Delivery:
 
     def nack(self, requeue: bool = True) -> None:
         self._settle(self, "requeue" if requeue else "reject", None)
+
+    @property
+    def attempt(self) -> int:
+        """How many times this message was sent back to wait out a transient failure."""
+        value = self.headers.get(topology.ATTEMPT_HEADER)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    def retry_later(self, reason: str) -> None:
+        """A transient failure (AWS unreachable): send a copy back to wait in a delay queue
+        (shared.topology.retry_tier) and ack this one, without spending the queue's delivery
+        limit; after the last tier, dead-letter it with ``reason``."""
+        self._settle(self, "retry", reason)
 
     def dead_letter(self, reason: str, reply: bytes | None = None) -> None:
         """Copy to workerpool.dead-letter with ``x-workerpool-reason``; then, if given and
@@ -104,12 +116,30 @@ def from_senders(senders: frozenset[str], handler: Handler, *,
     return checked
 
 
+def _send_back(d: Delivery, reason: str | None, publish: PublishFn
+               ) -> tuple[Outcome, str | None]:
+    """The copy to the delay tier, then "ack"; or "dead-letter" when the tiers are spent."""
+    attempt = d.attempt + 1
+    tier = topology.retry_tier(attempt)
+    if tier is None:
+        return "dead-letter", f"gave up after {d.attempt} tries: {reason}"
+    sender = {topology.SENDER_HEADER: d.user_id} if d.user_id else {}
+    publish(d.queue, d.body, exchange=tier, correlation_id=d.correlation_id,
+            reply_to=d.reply_to,
+            headers={**d.headers, **sender, topology.ATTEMPT_HEADER: attempt})
+    log.info("message sent back to be tried again", extra={
+        "queue": d.queue, "attempt": attempt, "delay": tier, "reason": reason})
+    return "ack", reason
+
+
 def settle_in_order(d: Delivery, how: Outcome, reason: str | None, *, publish: PublishFn,
                     ack: Callable[[int], None], nack: Callable[[int, bool], None],
                     dead_letter_exchange: str = "") -> None:
     """Settle ``d`` with the consumer's ``publish``/``ack``/``nack`` (by delivery tag),
     dead-letter copy and reply first. A failing dead-letter publish raises before the
     ack, so the message stays unacked (redelivered) rather than lost."""
+    if how == "retry":
+        how, reason = _send_back(d, reason, publish)
     if how == "dead-letter":
         publish(topology.DEAD_LETTER, d.body, headers=dead_letter_headers(d, reason),
                 correlation_id=d.correlation_id, reply_to=d.reply_to,

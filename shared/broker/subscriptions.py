@@ -20,7 +20,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from shared.broker.delivery import Handler
 
-log = logging.getLogger("workerpool.broker")
+log = logging.getLogger(__name__)
 
 #: After a cut, the broker may still hold our previous connection (until its heartbeat
 #: times out) and with it our exclusive own queue: 405 RESOURCE_LOCKED. Pause this long

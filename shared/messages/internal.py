@@ -19,6 +19,8 @@ class ShortageEvent(Message):
     free: int = Field(ge=0)
     waiting: int = Field(ge=0)
     sent_at: datetime
+    #: which dispatcher counted (its connection name): the scaler sums their counts
+    reporter: Annotated[str, Field(max_length=256)] | None = None
 
 
 class LeasedEvent(Message):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.aws import client, translate
+from shared.aws import QUICK, STANDARD, CallPolicy, Reachability, client, translate
 from shared.config import Settings
 from shared.store.leases import Leases, RequestSeen, UserAtLimit
 from shared.store.locks import Locks
@@ -29,30 +29,49 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Store:
+        """``policy=FAST`` for a process with deadlines (the dispatcher)."""
         return cls(table=settings.table_name, region=settings.aws_region,
                    endpoint_url=settings.aws_endpoint_url, **kwargs)
 
     def __init__(self, *, table: str, region: str, endpoint_url: str | None = None,
-                 dynamodb: Any = None) -> None:
-        self.db = dynamodb or client("dynamodb", region=region, endpoint_url=endpoint_url)
-        self.table = Table(name=table, dynamodb=self.db)
+                 dynamodb: Any = None, policy: CallPolicy = STANDARD) -> None:
+        self.db = dynamodb or client("dynamodb", region=region, endpoint_url=endpoint_url,
+                                     policy=policy)
+        self.table = Table(name=table, dynamodb=self.db, policy=policy)
         self.workers = Workers(self.table)
         self.requests = Requests(self.table)
         self.leases = Leases(self.table, self.requests)
         self.locks = Locks(self.table)
         self._region, self._endpoint = region, endpoint_url
+        self._own_client = dynamodb is None
         self._ping_client: Any = dynamodb
+        self._quick: Store | None = None
 
     def create_table(self) -> bool:
         """Create the table and its indexes if absent (idempotent). True if created."""
         return create_table(self.db, self.table.name)
+
+    @property
+    def reachability(self) -> Reachability:
+        """Whether DynamoDB answered our last request."""
+        return self.table.reachability
+
+    def quick(self) -> Store:
+        """The same table through one short try per request (QUICK): for what must not wait
+        on an unreachable DynamoDB (a claim's answer at its deadline, a health probe)."""
+        if self._quick is None:
+            self._quick = Store(table=self.table.name, region=self._region,
+                                endpoint_url=self._endpoint, policy=QUICK,
+                                dynamodb=None if self._own_client else self.db)
+            self._quick.table.reachability = self.table.reachability
+        return self._quick
 
     def ping(self) -> None:
         """One quick DescribeTable for /health: no retries, short timeouts, so a health
         check answers in about a second even when AWS does not."""
         if self._ping_client is None:
             self._ping_client = client("dynamodb", region=self._region,
-                                       endpoint_url=self._endpoint, quick=True)
+                                       endpoint_url=self._endpoint, policy=QUICK)
         try:
             self._ping_client.describe_table(TableName=self.table.name)
         except Exception as exc:

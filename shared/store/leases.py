@@ -167,20 +167,22 @@ class Leases:
         return to_worker(item)
 
     # --- undoing a lease just made --------------------------------------------------------
-    def undo(self, instance_id: str, *, user_id: str, request_id: str) -> None:
-        """Undo a lease whose reply could not be delivered: leased → free, then forget its
-        bookkeeping. A lease that changed meanwhile is left alone (ConditionFailed), and its
-        bookkeeping forgotten all the same."""
-        try:
-            self.table.update(
-                instance_id, "SET #s = :free, leaseExpiry = :zero, userId = :null "
-                "REMOVE requestId, leasedAt",
-                {":free": "free", ":zero": 0, ":null": None, ":leased": "leased",
-                 ":u": user_id, ":rid": request_id},
-                condition="#s = :leased AND userId = :u AND requestId = :rid",
-                what="undo: lease changed meanwhile")
-        finally:
-            self.forget(instance_id, user_id=user_id, request_id=request_id)
+    def undo(self, instance_id: str, *, user_id: str, request_id: str, now: float,
+             outcome: dict[str, Any], remember_seconds: int) -> None:
+        """Give up a lease whose reply could not be delivered, without ever freeing the
+        worker (a retry of the request may have been told ``assigned`` meanwhile, by another
+        dispatcher): leased → draining (the reaper recycles it), the user's count forgotten,
+        and the request's outcome replaced by ``outcome`` (so a repeat is told the truth).
+        A lease that changed meanwhile is left alone (ConditionFailed)."""
+        self.table.update(
+            instance_id, "SET #s = :draining, reason = :r, drainedAt = :now",
+            {":draining": "draining", ":r": "reply undeliverable", ":now": now,
+             ":leased": "leased", ":u": user_id, ":rid": request_id},
+            condition="#s = :leased AND userId = :u AND requestId = :rid",
+            what="undo: lease changed meanwhile")
+        self._tidy_user(user_id, instance_id)
+        self.requests.replace(user_id, request_id, outcome, now=now,
+                              remember_seconds=remember_seconds)
 
     def abandon(self, instance_id: str, *, user_id: str, request_id: str, now: float,
                 reason: str) -> None:

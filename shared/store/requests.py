@@ -34,5 +34,11 @@ class Requests:
             return outcome
         return self.recall(user_id, request_id) or outcome
 
+    def replace(self, user_id: str, request_id: str, outcome: dict[str, Any], *,
+                now: float, remember_seconds: int) -> None:
+        """Overwrite the outcome (a lease undone: the first one no longer holds)."""
+        self.table.put(outcome_item(user_id, request_id, outcome, now=now,
+                                    remember_seconds=remember_seconds))
+
     def forget(self, user_id: str, request_id: str) -> None:
         self.table.delete(request_key(user_id, request_id))

@@ -69,6 +69,7 @@ def to_worker(item: dict[str, Any]) -> Worker:
         instance_type=item.get("instanceType"),
         availability_zone=item.get("availabilityZone"),
         tls_fingerprint=item.get("tlsFingerprint"),
+        unhealthy_since=item.get("unhealthySince"),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from shared.aws import aws_call, error_code
+from shared.aws import STANDARD, CallPolicy, Reachability, aws_call, error_code
 from shared.errors import ConditionFailed
 
 _ser = TypeSerializer()
@@ -68,11 +68,21 @@ class TransactionCancelled(Exception):
 
 
 class Table:
-    """Single requests on one table. Thread-safe (boto3 clients are)."""
+    """Single requests on one table. Thread-safe (boto3 clients are). ``policy`` bounds each
+    request's time and tries (shared.aws); ``reachability`` says whether DynamoDB answered
+    the last one."""
 
-    def __init__(self, *, name: str, dynamodb: Any) -> None:
+    def __init__(self, *, name: str, dynamodb: Any, policy: CallPolicy = STANDARD,
+                 reachability: Reachability | None = None) -> None:
         self.name = name
         self.db = dynamodb
+        self.policy = policy
+        self.reachability = reachability or Reachability()
+
+    @aws_call
+    def _request(self, call: Any, **kwargs: Any) -> Any:
+        """One request of a paginated read (each page is retried on its own)."""
+        return call(**kwargs)
 
     @aws_call
     def get(self, item_key: str) -> dict[str, Any] | None:
@@ -172,7 +182,7 @@ class Table:
             kwargs["FilterExpression"] = filter_expression
         returned = 0
         while True:
-            resp = aws_call(self.db.query)(**kwargs)
+            resp = self._request(self.db.query, **kwargs)
             for raw in resp.get("Items", []):
                 yield unmarshal(raw)  # type: ignore[misc]
                 returned += 1
@@ -195,7 +205,7 @@ class Table:
             kwargs["FilterExpression"] = filter_expression
         total = 0
         while True:
-            resp = aws_call(self.db.query)(**kwargs)
+            resp = self._request(self.db.query, **kwargs)
             total += resp["Count"]
             if "LastEvaluatedKey" not in resp:
                 return total
@@ -207,7 +217,7 @@ class Table:
                                   "FilterExpression": "begins_with(instanceId, :p)",
                                   "ExpressionAttributeValues": {":p": {"S": prefix}}}
         while True:
-            resp = aws_call(self.db.scan)(**kwargs)
+            resp = self._request(self.db.scan, **kwargs)
             for raw in resp.get("Items", []):
                 yield unmarshal(raw)  # type: ignore[misc]
             if "LastEvaluatedKey" not in resp:

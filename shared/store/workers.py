@@ -158,9 +158,12 @@ class Workers:
         ])
 
     def heartbeat(self, instance_id: str, *, healthy: bool, now: float) -> Worker:
-        """Record a heartbeat of a free or leased worker (ConditionFailed otherwise)."""
+        """Record a heartbeat of a free or leased worker (ConditionFailed otherwise), and
+        since when it has been unhealthy (the reaper replaces a free one after a grace)."""
+        spell = ("REMOVE unhealthySince" if healthy
+                 else ", unhealthySince = if_not_exists(unhealthySince, :now)")
         item = self.table.update(
-            instance_id, "SET lastHeartbeat = :now, healthy = :h",
+            instance_id, f"SET lastHeartbeat = :now, healthy = :h {spell}".replace(" ,", ","),
             {":now": now, ":h": healthy, ":free": "free", ":leased": "leased"},
             condition="#s IN (:free, :leased) AND lastHeartbeat <= :now",
             what="heartbeat: not a free or leased worker (or an older heartbeat)",
@@ -206,6 +209,18 @@ class Workers:
              ":st": worker.status, ":hb": worker.last_heartbeat},
             condition="#s = :st AND lastHeartbeat = :hb",
             what="mark_dead: heartbeat or status changed meanwhile",
+        )
+        return to_worker(item)
+
+    def retire(self, worker: Worker, *, now: float, reason: str) -> Worker:
+        """free/leased → draining for ``reason`` (it left the group, it stayed unhealthy),
+        only in the status and with the heartbeat seen (a change meanwhile wins)."""
+        item = self.table.update(
+            worker.instance_id, "SET #s = :draining, reason = :r, drainedAt = :now",
+            {":draining": "draining", ":r": reason, ":now": now, ":st": worker.status,
+             ":hb": worker.last_heartbeat},
+            condition="#s = :st AND lastHeartbeat = :hb",
+            what="retire: status or heartbeat changed meanwhile",
         )
         return to_worker(item)
 

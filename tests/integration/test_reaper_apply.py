@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from reaper.loop import DONE, LOST, Reaper
+from reaper.actions import DONE, LOST
+from reaper.loop import Reaper
 from reaper.rules import Expire, Recycle
 from shared.asg import Asg
 from shared.config import Settings
@@ -129,27 +130,34 @@ def test_a_free_or_leased_worker_is_never_terminated_even_when_asked(aws_pool: S
     lease(store, b, "bob", now=now, seconds=600)
     reaper = Reaper(store=store, asg=asg, settings=aws_pool)
     for iid, user in ((a, None), (b, "bob")):
-        assert reaper.apply(Recycle(iid, user, "stale plan"), now) == LOST
+        assert reaper.actions.apply(Recycle(iid, user, "stale plan"), now) == LOST
     assert {i.instance_id for i in asg.describe().instances} == {a, b}
     assert worker_items(store) == {a: "free", b: "leased"}
     assert asg.describe().desired == 2
 
 
-def test_unknown_instances_are_tracked_and_orphan_items_removed(aws_pool: Settings) -> None:
+def test_unknown_instances_are_tracked_and_a_leased_orphan_is_tombstoned_not_freed(
+        aws_pool: Settings) -> None:
+    """A leased instance that left the group (Standby, detached) is retired and recycled
+    with a tombstone: back in service, its agent can never register it as a free worker
+    with the last user's disk (issue 14)."""
     store, asg = adapters(aws_pool)
     a, b = launch(asg, 2)
     now = time.time()
     register(store, a, now)
-    register(store, "i-00000000000gone", now)  # its instance is not in the ASG
-    lease(store, "i-00000000000gone", "carol", now=now, seconds=600)
+    gone = "i-00000000000gone"
+    register(store, gone, now)  # its instance is not in the ASG
+    lease(store, gone, "carol", now=now, seconds=600)
     reaper = Reaper(store=store, asg=asg, settings=aws_pool)
     reaper.run_pass(now=now + 1)
     assert worker_items(store) == {a: "free", b: "booting"}
     assert store.leases.held_by("carol") == []
     sample = reaper.metrics.registry.get_sample_value
-    assert sample("workerpool_orphans_removed_total") == 1
+    assert sample("workerpool_recycled_total") == 1
     assert sample("workerpool_leased_workers_lost_total") == 1
     assert reaper.run_pass(now=now + 2) == []  # nothing left to do: a second pass is a no-op
+    with pytest.raises(ConditionFailed, match="recycled"):  # back in service: refused
+        register(store, gone, now + 3)
 
 
 class Crash(BaseException):

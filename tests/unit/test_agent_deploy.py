@@ -135,3 +135,18 @@ def test_code_server_starts_only_once_the_agent_has_made_the_certificate() -> No
     # one started with the image's config before the drop-in existed is stopped first
     assert run.index(f"systemctl stop code-server@{CODE_SERVER_USER}.service") < enable
     assert enable < run.index("systemctl enable --now workerpool-agent.service")
+
+
+def test_at_shutdown_the_agent_can_still_ask_systemd_and_reach_the_broker() -> None:
+    """SIGTERM deregisters only if `systemctl is-system-running` says "stopping" (docs/agent.md
+    "Stop or shutdown"): at shutdown the agent must be stopped while D-Bus (how an unprivileged
+    systemctl asks) and the network are still up, i.e. ordered after both."""
+    u = unit()
+    assert {"network-online.target", "dbus.service"} <= set(u["Unit"]["After"].split())
+    # default dependencies: Conflicts=shutdown.target, so a shutdown is what stops it
+    assert u["Unit"].get("DefaultDependencies", "yes") == "yes"
+    service = u["Service"]
+    assert "AF_UNIX" in service["RestrictAddressFamilies"].split()  # the D-Bus socket
+    assert "ExecStop" not in service  # the agent decides itself, on SIGTERM
+    assert service["KillSignal"] == "SIGTERM"
+    assert agent_env()["AGENT_DEREGISTER_ON_STOP"] == "auto"

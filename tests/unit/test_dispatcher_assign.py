@@ -172,7 +172,8 @@ def test_the_scalers_message_becomes_an_outlook_and_ok_false_is_a_launch_failure
     (1, 0, ShortageSent(1, 0, NOW - 5), True),        # same counts, a while ago
     (0, 0, ShortageSent(1, 0, NOW - 1), True),        # counts changed
     (5, 3, ShortageSent(5, 2, NOW - 0.5), True),      # plenty free but claims wait
-    (5, 0, ShortageSent(0, 1, NOW - 0.5), False),     # recovered: silence
+    (5, 0, ShortageSent(0, 1, NOW - 0.5), True),      # recovered: said once (0 waiting)
+    (5, 0, ShortageSent(5, 0, NOW - 0.5), False),     # ... then silence
 ])
 def test_shortage_events_go_once_per_change_or_every_few_seconds(free, waiting, last, due
                                                                  ) -> None:

@@ -12,6 +12,7 @@ from reaper.rules import (
     Recycle,
     RemoveOrphan,
     ReplaceNeverBooted,
+    Retire,
     Snapshot,
     TrackBooting,
     instance_of,
@@ -39,6 +40,10 @@ def leased(iid: str = "i-1", *, expiry: float, hb: float = NOW - 1, user: str = 
 
 def free(iid: str = "i-1", *, hb: float = NOW - 1) -> Worker:
     return Worker(iid, "free", last_heartbeat=hb, healthy=True)
+
+
+def sick(iid: str = "i-1", *, since: float) -> Worker:
+    return Worker(iid, "free", NOW - 1, healthy=False, unhealthy_since=since)
 
 
 def booting(iid: str = "i-1", *, since: float) -> Worker:
@@ -93,12 +98,40 @@ CASES = [
     ("a booting item whose instance left the ASG is an orphan",
      Snapshot(asg=group(), booting=(booting(since=NOW - 5),)),
      [("RemoveOrphan", "i-1")]),
-    ("on a sweep, a free item whose instance is gone is an orphan",
+    ("on a sweep, a free item whose instance is gone is retired and recycled (tombstone)",
      Snapshot(asg=group("i-2"), everything=(free("i-1"), free("i-2"))),
-     [("RemoveOrphan", "i-1")]),
-    ("on a sweep, a leased item whose instance is terminating is an orphan",
+     [("Retire", "i-1"), ("Recycle", "i-1")]),
+    ("on a sweep, a leased item whose instance went to Standby is retired and recycled",
      Snapshot(asg=group(leaving=("i-1",)), everything=(leased(expiry=NOW + 99),)),
+     [("Retire", "i-1"), ("Recycle", "i-1")]),
+    ("on a sweep, a booting item whose instance is gone is only removed",
+     Snapshot(asg=group(), everything=(booting(since=NOW - 5),)),
      [("RemoveOrphan", "i-1")]),
+    ("a free worker unhealthy for UNHEALTHY_GRACE_SECONDS is retired and replaced",
+     Snapshot(asg=group("i-1"), everything=(sick(since=NOW - 300),)),
+     [("Retire", "i-1"), ("Recycle", "i-1")]),
+    ("a free worker unhealthy for less is kept (it may recover)",
+     Snapshot(asg=group("i-1"), everything=(sick(since=NOW - 299),)),
+     []),
+    ("a silent worker is not dead when AWS answers again only since less than the timeout",
+     Snapshot(asg=group("i-1"), stale=(free(hb=NOW - 300),), known_ids=frozenset({"i-1"}),
+              recovered_at=NOW - 29),
+     []),
+    ("... and is, the timeout after the recovery",
+     Snapshot(asg=group("i-1"), stale=(free(hb=NOW - 300),), known_ids=frozenset({"i-1"}),
+              recovered_at=NOW - 30),
+     [("MarkDead", "i-1"), ("Recycle", "i-1")]),
+    ("most of the pool silent at once is our outage: nobody is marked dead",
+     Snapshot(asg=group("i-1", "i-2", "i-3", "i-4"), live_workers=4,
+              known_ids=frozenset({"i-1", "i-2", "i-3", "i-4"}),
+              stale=(free("i-1", hb=NOW - 60), free("i-2", hb=NOW - 60),
+                     leased("i-3", expiry=NOW + 99, hb=NOW - 60))),
+     []),
+    ("a few silent among many are dead",
+     Snapshot(asg=group("i-1", "i-2", "i-3"), live_workers=10,
+              known_ids=frozenset({"i-1", "i-2", "i-3"}),
+              stale=(free("i-1", hb=NOW - 60), free("i-2", hb=NOW - 60))),
+     [("MarkDead", "i-1"), ("Recycle", "i-1"), ("MarkDead", "i-2"), ("Recycle", "i-2")]),
     ("an ASG instance unknown to the table is tracked as booting",
      Snapshot(asg=group("i-1", "i-2"), known_ids=frozenset({"i-1"})),
      [("TrackBooting", "i-2")]),
@@ -129,6 +162,18 @@ def test_an_expire_is_conditional_on_the_exact_lease_expiry_seen() -> None:
     actions = plan(Snapshot(asg=group("i-1"), expired=(w,)), NOW, SETTINGS)
     assert actions[0] == Expire(w)
     assert actions[1] == Recycle("i-1", "alice", "expired", decrement=True, in_group=True)
+
+
+def test_a_worker_out_of_the_group_is_recycled_without_a_terminate_and_an_unhealthy_one_is_replaced(
+        ) -> None:
+    gone = leased(expiry=NOW + 99)
+    actions = plan(Snapshot(asg=group(), everything=(gone,)), NOW, SETTINGS)
+    assert actions == [Retire(gone, "left the group"),
+                       Recycle("i-1", "alice", "left the group", in_group=False)]
+    ill = sick(since=NOW - 301)
+    actions = plan(Snapshot(asg=group("i-1"), everything=(ill,)), NOW, SETTINGS)
+    assert actions == [Retire(ill, "unhealthy"),
+                       Recycle("i-1", None, "unhealthy", decrement=False)]
 
 
 def test_a_dead_worker_carries_the_heartbeat_seen_for_its_conditional_write() -> None:

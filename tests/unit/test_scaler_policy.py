@@ -166,8 +166,21 @@ def test_launch_status_is_decided_by_the_newest_activity_since_our_raise(acts, o
 
 
 def test_waiting_count_drops_with_each_later_lease_and_expires():
-    book = WaitingBook().reported(3, sent_at=NOW, now=NOW)
+    book = WaitingBook().reported(3, sent_at=NOW, now=NOW, reporter="d1")
     book = book.leased(NOW + 1).leased(NOW - 5)  # the second lease predates the report
     assert book.current(NOW + 2, memory=300) == 2
-    assert book.reported(7, sent_at=NOW - 1, now=NOW + 2).waiting == 2  # stale report
+    stale = book.reported(7, sent_at=NOW - 1, now=NOW + 2, reporter="d1")
+    assert stale.current(NOW + 2, memory=300) == 2  # an older report changes nothing
     assert book.current(NOW + 301, memory=300) == 0
+
+
+def test_one_dispatchers_zero_never_erases_anothers_count():
+    """Issue 14: only the dispatcher holding the waiting queue has waiting claims, but every
+    dispatcher reports; the scaler kept the last report only, so a 0 erased a 50."""
+    book = (WaitingBook().reported(50, sent_at=NOW, now=NOW, reporter="holder")
+            .reported(0, sent_at=NOW + 1, now=NOW + 1, reporter="other"))
+    assert book.current(NOW + 2, memory=300) == 50
+    book = book.leased(NOW + 3)  # a lease serves the holder's oldest waiter
+    assert dict(book.counts)["holder"].waiting == 49
+    assert book.reported(0, sent_at=NOW + 4, now=NOW + 4,
+                         reporter="holder").current(NOW + 5, memory=300) == 0
