@@ -1,5 +1,8 @@
 """A TCP forwarder that tests can cut: every live connection dropped, new ones refused for a
-while. It makes broker-outage tests honest without restarting the shared RabbitMQ."""
+while, or, with ``hang``, accepted and never answered (a blackholed endpoint: what makes
+timeouts matter). It makes broker and AWS outage tests honest without touching the shared
+RabbitMQ or the moto server. TCP_NODELAY on both sides: without it, Nagle meeting delayed
+ACKs adds ~40 ms to every HTTP request through the proxy (FACTS.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ class CuttableProxy:
         self._socks: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._refuse_until = 0.0
+        self._hang_until = 0.0
+        self._held: list[socket.socket] = []
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -34,11 +39,17 @@ class CuttableProxy:
             if time.monotonic() < self._refuse_until:
                 client.close()
                 continue
+            if time.monotonic() < self._hang_until:
+                self._held.append(client)  # accepted, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
                 continue
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.settimeout(None)
             with self._lock:
                 # a cut() that came while we were connecting upstream covers this one too
                 # (it sets _refuse_until before it takes the lock to drop the live ones)
@@ -61,6 +72,12 @@ class CuttableProxy:
             pass
         finally:
             for s in (src, dst):
+                try:  # shutdown first: a close alone, while the other pipe's thread blocks in
+                    # recv() on the same socket, sends no FIN until that recv returns (the
+                    # client learns of the cut at its next heartbeat, 15 s later)
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 try:
                     s.close()
                 except OSError:
@@ -77,6 +94,23 @@ class CuttableProxy:
                 s.close()
             except OSError:
                 pass
+
+    def hang(self, seconds: float) -> None:
+        """Drop every live connection; for ``seconds``, accept new ones and say nothing."""
+        self._hang_until = time.monotonic() + seconds
+        self.cut()
+
+    def heal(self) -> None:
+        """Answer again at once (refused or held connections: gone)."""
+        self._refuse_until = self._hang_until = 0.0
+        held, self._held = self._held, []
+        for s in held:
+            s.close()
+
+    @property
+    def endpoint(self) -> str:
+        """As an HTTP endpoint (AWS_ENDPOINT_URL through the proxy)."""
+        return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         self._closed = True

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 from typing import Any
 
@@ -30,7 +29,7 @@ from tenacity import (
     wait_random,
 )
 
-from shared.config import redact_url
+from shared.config import redact_url, split_urls
 from shared.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -54,14 +53,9 @@ JSON = "application/json"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
-#: Between two URLs of a list: a comma where the next URL begins (a password may hold a
-#: comma; it cannot hold ",amqp://").
-_SEPARATOR = re.compile(r"\s*,\s*(?=amqps?://)")
-
-
 def broker_urls(url: str) -> list[str]:
     """The URLs that ``url`` (an AMQP_URL) lists, in the order written: one for one broker."""
-    return [u for u in _SEPARATOR.split(url.strip()) if u] or [url]
+    return split_urls(url)
 
 
 def _parameters(url: str, name: str) -> pika.URLParameters:

@@ -29,15 +29,20 @@ from shared.broker.connection import (
     connect,
     reconnecting,
 )
-from shared.broker.delivery import Delivery, Handler, Outcome, run_handler, settle_in_order
+from shared.broker.delivery import Delivery, Handler, run_handler
 from shared.broker.publisher import properties, publish_on
-from shared.broker.subscriptions import LOCKED_PAUSE, Callback, Own, Subscriptions
+from shared.broker.settling import AckBatch, Settling
+from shared.broker.subscriptions import LOCKED_PAUSE, Callback, Own, Subscriptions, audit
 from shared.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
+#: How often a consumer checks that the shared queues it consumes exist and have consumers
+#: (subscriptions.audit): the broker's basic.cancel cannot be relied on alone.
+AUDIT_SECONDS = 10.0
 
-class Consumer:
+
+class Consumer(Settling):
     """Consumes queues on the thread that calls ``run()``, reconnecting until ``stop()``.
 
     ``connected`` is set while a connection is up with every subscription consumed;
@@ -64,8 +69,10 @@ class Consumer:
         self._pub_channel: BlockingChannel | None = None
         self._broken: BrokerUnavailable | None = None  # a publish here failed: reconnect
         self._generation = 0
+        self._audited_at = 0.0
         self._thread: int | None = None
         self._tags: dict[str, str] = {}  # queue -> consumer tag
+        self._acks = AckBatch()
         self.connected = threading.Event()
         self.own_ready = threading.Event()
         #: consumers the broker cancelled; connections after the first (each resubscribes)
@@ -183,6 +190,13 @@ class Consumer:
             if not (self._channel and self._channel.is_open and self._pub_channel
                     and self._pub_channel.is_open):  # closed by the broker, silently
                 raise BrokerUnavailable("a channel of this consumer was closed")
+            if time.monotonic() - self._audited_at >= AUDIT_SECONDS:
+                self._audit()
+
+    def _audit(self) -> None:
+        assert self._conn is not None
+        self._audited_at = time.monotonic()
+        audit(self._conn, self._subs.shared_names())
 
     def _on_broker_cancel(self, frame: Any) -> None:
         """The broker cancelled one of our consumers (its queue was deleted): consume
@@ -210,42 +224,6 @@ class Consumer:
             user_id=props.user_id, _settle=self._settle, _generation=self._generation))
 
     # settling ---------------------------------------------------------------------------
-    def _settle(self, d: Delivery, how: Outcome, reason: str | None) -> None:
-        if threading.get_ident() == self._thread:
-            self._settle_now(d, how, reason)
-            return
-        conn = self._conn
-        if conn is None:
-            return  # the channel is gone; the broker will redeliver
-        settle = functools.partial(self._settle_now, d, how, reason)
-
-        def guarded() -> None:
-            try:
-                settle()
-            except LOST:
-                raise  # out of process_data_events: run() reconnects
-            except Exception:  # e.g. the dead-letter queue was deleted: log, keep consuming
-                log.exception("settling a delivery failed", extra={"queue": d.queue})
-
-        try:
-            conn.add_callback_threadsafe(guarded)
-        except CONNECTION_ERRORS:
-            pass  # closed meanwhile: redelivered, never double-acked
-
-    def _settle_now(self, d: Delivery, how: Outcome, reason: str | None) -> None:
-        if d._settled:
-            return
-        channel = self._channel
-        if channel is None or not channel.is_open or d._generation != self._generation:
-            d._settled = True  # delivered on a channel that is gone: the broker redelivers it
-            return
-        settle_in_order(
-            d, how, reason, publish=self.publish_here,
-            dead_letter_exchange=self._dead_letter_exchange,
-            ack=lambda tag: channel.basic_ack(tag),
-            nack=lambda tag, requeue: channel.basic_nack(tag, requeue=requeue),
-        )
-
     def publish_here(
         self, routing_key: str, body: bytes, *, exchange: str = "",
         reply_to: str | None = None, correlation_id: str | None = None,
@@ -279,7 +257,9 @@ class Consumer:
                    and not idle() and time.monotonic() < deadline):
                 self._conn.process_data_events(time_limit=0.05)
             if self._conn is not None and self._conn.is_open:
-                self._conn.process_data_events(time_limit=0)
+                self._conn.process_data_events(time_limit=0)  # runs a queued ack drain
+                self._drain_acks()
+                self._conn.process_data_events(time_limit=0)  # and sends what it buffered
         except LOST:
             pass
         self._drop()
@@ -290,6 +270,7 @@ class Consumer:
         self.own_ready.clear()
         conn, self._conn, self._channel, self._pub_channel = self._conn, None, None, None
         self._broken = None
+        self._acks.reset()
         self._tags.clear()
         close_quietly(conn)
         if was_connected:

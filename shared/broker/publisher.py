@@ -9,6 +9,7 @@ message) and ``BrokerUnavailable`` (refused, or the connection is gone).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from shared.broker.connection import (
     retrying,
 )
 from shared.errors import BrokerUnavailable, Unroutable
+
+log = logging.getLogger(__name__)
 
 
 def properties(
@@ -77,6 +80,15 @@ def publish_on(channel: BlockingChannel, exchange: str, key: str, body: bytes,
         raise Unroutable(f"no queue took the message for {key!r}") from exc
     except pe.NackError as exc:
         raise BrokerUnavailable(f"broker refused the message for {key!r}") from exc
+    except pe.ConnectionClosedByBroker as exc:
+        if exc.reply_code == 541 and key.startswith(DIRECT_REPLY_TO):
+            # RabbitMQ < 3.10.12 (rabbitmq-server#6396) closes the connection instead of
+            # dropping a reply whose client's node is down. Nobody can receive it: dropped
+            # (replies are at-most-once), not retried. The caller's next publish reconnects.
+            log.warning("reply dropped: the client's broker node is gone",
+                        extra={"reply_to": key[:48]})
+            return
+        raise BrokerUnavailable(f"publish to {key!r} failed: {exc!r}") from exc
     except CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(f"publish to {key!r} failed: {exc!r}") from exc
 

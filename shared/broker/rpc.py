@@ -2,10 +2,12 @@
 
 Following pika's examples/direct_reply_to.py: consume ``amq.rabbitmq.reply-to`` (auto-ack,
 as the broker requires) on the same channel before publishing any request. Unlike
-rabbitmq-tutorials' rpc_client.py, every wait has a deadline. Requests go out without
-publisher confirms (the reply is the confirmation; a client that gets none retries or gives
-up), through the same ``publish_on`` as every other message; a lost connection is
-``BrokerUnavailable`` whether it shows on a send or while waiting.
+rabbitmq-tutorials' rpc_client.py, every wait has a deadline. Requests go out with publisher
+confirms (a quorum queue whose leader has just died drops unconfirmed publishes: a request
+would vanish unseen), through the same ``publish_on`` as every other message; a nack or a
+lost connection is ``BrokerUnavailable`` whether it shows on a send or while waiting. After
+one, take a new RpcClient (a nacked channel may keep nacking) and resend what has no reply,
+with the same request_id (PROTOCOL §3: the same outcome).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class RpcClient:
         self._replies: dict[str, bytes] = {}
         # consume on the same channel before publishing (a rule of direct reply-to)
         self._channel.basic_consume(self.REPLY_TO, self._on_reply, auto_ack=True)
+        # confirms: a request the broker did not take raises (BrokerUnavailable) instead of
+        # vanishing; a quorum queue whose leader just died drops unconfirmed publishes
+        self._channel.confirm_delivery()
 
     def _on_reply(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         self._replies[props.correlation_id or ""] = body

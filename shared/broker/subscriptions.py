@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from shared.broker.connection import CONNECTION_ERRORS
 from shared.broker.delivery import Handler
+from shared.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,31 @@ class Subscriptions:
             tags[own.queue] = channel.basic_consume(own.queue, callback(own.handler))
         return tags
 
+    def shared_names(self) -> list[str]:
+        """The shared queues (subscribe), which others may delete and declare again."""
+        return [q for q, _, _ in self.queues]
+
     def names(self) -> list[str]:
         """The named queues, for the log."""
         return [q for q, _, _ in self.queues] + [o.queue for o in self.own]
+
+
+def audit(conn: BlockingConnection, queues: list[str]) -> None:
+    """Each of ``queues`` exists and has a consumer, else ``BrokerUnavailable`` (the consumer
+    subscribes again on a new connection, declaring what is missing). Passive declares on a
+    channel of their own, which a missing queue closes. Needed because a queue deleted and
+    declared again within the same instant can leave RabbitMQ (3.10) sending no basic.cancel
+    at all: our consumer is then a ghost that swallows deliveries."""
+    probe = conn.channel()
+    try:
+        for queue in queues:
+            if probe.queue_declare(queue, passive=True).method.consumer_count == 0:
+                raise BrokerUnavailable(f"nobody consumes {queue}: not even us")
+    except CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(f"a queue we consume is gone: {exc!r}") from exc
+    finally:
+        if probe.is_open:
+            try:
+                probe.close()
+            except CONNECTION_ERRORS:
+                pass

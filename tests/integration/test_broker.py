@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -14,7 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 from shared import topology
-from shared.broker import Broker, Consumer, Delivery, RpcClient, get_one, queue_depths
+from shared.broker import (
+    Broker,
+    Consumer,
+    Delivery,
+    RpcClient,
+    connect,
+    connection_parameters,
+    get_one,
+    queue_depths,
+)
 from shared.errors import BrokerUnavailable, Unroutable
 from shared.messages import ClaimReply, ClaimRequest, decode
 from tests.helpers import wait_for
@@ -277,6 +287,7 @@ needs_rabbitmqctl = pytest.mark.skipif(
 
 
 @needs_rabbitmqctl
+@pytest.mark.serial
 def test_the_broker_layer_resumes_after_a_real_broker_restart_with_no_message_lost(url: str
                                                                                    ) -> None:
     seen: list[str] = []
@@ -303,3 +314,104 @@ def test_the_broker_layer_resumes_after_a_real_broker_restart_with_no_message_lo
     t.join(10)
     broker.close()
     assert seen.count("m1") == 1 and seen.count("m2") == 1
+
+
+# --- AMQP_URL listing several brokers (issue 14: failover to another node) ---------------
+
+class NodeProxy(CuttableProxy):
+    """A CuttableProxy whose cut reaches the client at once. CuttableProxy's pipe threads
+    close a socket without shutting it down: when the upstream side's thread wins that race,
+    the client's socket is closed while the other thread still blocks in recv() on it, so
+    the kernel sends no FIN until pika's next heartbeat (15 s later). Shutting it down first
+    wakes that recv and sends the FIN now. (The same change belongs in tests/proxy.py.)"""
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+
+def dead_url(vhost: str, password: str = "guest") -> str:
+    """A broker URL where nothing listens (connection refused at once)."""
+    from tests.conftest import free_port
+
+    return f"amqp://guest:{password}@127.0.0.1:{free_port()}/{vhost}"
+
+
+def test_a_url_list_connects_through_whichever_broker_answers(url: str,
+                                                               proxy: CuttableProxy) -> None:
+    """Every connection tries the brokers in a random order: with one of two down, each of
+    20 connections still lands on the live one."""
+    listed = f"{dead_url(vhost_of(url))},{proxy.url(vhost_of(url))}"
+    for _ in range(20):
+        connect(listed, "test@list").close()
+    rpc = RpcClient(listed, "cli@list")  # a client given the list works as with one URL
+    rpc.close()
+
+
+def test_a_url_list_that_nobody_answers_names_every_broker_without_its_password(url: str
+                                                                                ) -> None:
+    vhost = vhost_of(url)
+    listed = f"{dead_url(vhost, 'pw-one')}, {dead_url(vhost, 'pw,two')}"
+    with pytest.raises(BrokerUnavailable) as err:
+        connect(listed, "test@list")
+    text = str(err.value)
+    assert text.startswith("none of the 2 brokers answers: ")
+    assert "pw-one" not in text and "pw,two" not in text
+    assert text.count("amqp://guest:***@127.0.0.1:") == 2
+
+
+def test_a_url_list_must_name_one_user_and_vhost() -> None:
+    """Every message carries the user as its user_id, checked against the connection's
+    user: a list of brokers with other users would fail on the first failover."""
+    with pytest.raises(ValueError, match="one user and vhost"):
+        connection_parameters("amqp://a:x@h1/%2F,amqp://b:x@h2/%2F", "test")
+    assert [p.port for p in connection_parameters(
+        "amqp://a:x@h1:5681/%2F,amqp://a:x@h2:5682/%2F", "test")] == [5681, 5682]
+
+
+def test_a_consumer_given_a_url_list_moves_to_the_other_broker_when_its_own_goes(
+        url: str) -> None:
+    """Two proxies stand for two nodes of a cluster. The one that carries the consumer's
+    connection is cut and then refuses: the consumer reconnects through the other and
+    consumes what was published meanwhile, each message once."""
+    vhost = vhost_of(url)
+    nodes = [NodeProxy(), NodeProxy()]
+    try:
+        listed = ",".join(p.url(vhost) for p in nodes)
+        seen: list[str] = []
+        c = Consumer(listed, "dispatcher@test", prefetch=5)
+
+        def handle(d: Delivery) -> None:
+            seen.append(decode(ClaimRequest, d.body).request_id)
+            d.ack()
+
+        c.subscribe(topology.CLAIMS, handle)
+        t = run_consumer(c)
+        publisher = Broker(url, "client@test")
+        publisher.publish(topology.CLAIMS, b'{"request_id": "before", "user_id": "a"}')
+        wait_for(lambda: "before" in seen, what="a message before the cut")
+        (carrier,) = [p for p in nodes if p._socks]  # the consumer's connection runs here
+        c.connected.clear()
+        carrier.cut(refuse_for=60)  # this "node" is gone for the rest of the test
+        publisher.publish(topology.CLAIMS, b'{"request_id": "after", "user_id": "a"}')
+        assert c.connected.wait(5), "the consumer did not reconnect"
+        wait_for(lambda: "after" in seen, timeout=15, what="a message after the cut")
+        (survivor,) = [p for p in nodes if p is not carrier]
+        assert survivor._socks and not carrier._socks
+        c.stop()
+        t.join(10)
+        publisher.close()
+        assert seen == ["before", "after"]
+    finally:
+        for p in nodes:
+            p.close()
