@@ -1,115 +1,215 @@
-"""Heartbeats one dispatcher sustains, and DynamoDB writes per heartbeat.
+"""Heartbeat ingest of one dispatcher: offered against drained, up to the knee.
 
-    AMQP_URL=amqp://guest:guest@localhost:5672/<vhost> .venv/bin/python bench/heartbeats.py \
-        --agents 2000 --beats 6000 --rate 700
+    AMQP_URL=amqp://guest:guest@localhost:5672/<vhost> .venv/bin/python -m bench.heartbeats
+    ... -m bench.heartbeats --rates 200,400,667,900 --agents 1000 --seconds 10
+    ... -m bench.heartbeats --quick | --record after
 
-Seeds ``--agents`` free workers (BatchWriteItem), starts a real ``python -m dispatcher``,
-then publishes ``--beats`` heartbeats round-robin over the agents at ``--rate`` per second
-(0 = as fast as the publishers go) from 4 publisher threads. Reports the rate the dispatcher
-drained them at, the deepest the agents queue got, and writes per heartbeat (from the
-dispatcher's own counters on /metrics).
+One real ``python -m dispatcher`` on DynamoDB Local (through a counting proxy unless
+``--direct``), ``--agents``
+workers seeded free. For each rate, publisher processes (each with its own connection and
+publisher confirms, as agents publish) send heartbeats round-robin over the agents for
+``--seconds``. Over that window: the rate actually offered, the rate the dispatcher handled
+(its ``workerpool_heartbeats_total``; without it, published minus the queue's depth), the
+backlog at the end (published, not yet handled) and the deepest the agents queue got (ready
+messages, sampled every 0.5 s), the dispatcher's CPU (utime + stime from
+/proc) per heartbeat handled, and DynamoDB calls per heartbeat. Then the queue is left to
+drain before the next rate. 667/s is 10,000 agents at HEARTBEAT_INTERVAL 15 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
+import json
+import multiprocessing as mp
 import sys
-import threading
 import time
-import urllib.request
-from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+from bench import report
+from bench.counting import CountingProxy
+from bench.stack import Stage, cpu_seconds, metric, seed, stage, stop, worker_id
+from shared import topology
+from shared.broker import queue_depths
+from tests.helpers import Proc
 
-from bench.claim_latency import local_aws, seed  # noqa: E402
-from shared import topology  # noqa: E402
-from shared.broker import Broker, queue_depths  # noqa: E402
-from shared.messages import Heartbeat, now_sent_at  # noqa: E402
-from shared.store import Store  # noqa: E402
-
-
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+COMMAND = ".venv/bin/python -m bench.heartbeats"
+#: heartbeats/s one publisher process offers at most (each waits for its confirms, and a
+#: quorum queue confirms after its log is written): more processes for higher rates
+PER_PUBLISHER = 150.0
+MAX_PUBLISHERS = 8
+HANDLED = "workerpool_heartbeats_total"
 
 
-def moto_ceiling(store: Store, agents: int, threads: int, writes: int = 800) -> float:
-    """Heartbeat writes/s this moto takes from ``threads`` threads with no broker at all:
-    what any dispatcher design is bounded by here."""
-    from concurrent.futures import ThreadPoolExecutor
+def publish(url: str, agents: int, rate: float, seconds: float, offset: int, step: int,
+            sent: Any, ready: Any, go: Any, done: Any) -> None:
+    """One publisher process: heartbeats offset, offset + step, ... at ``rate`` per second,
+    from the moment ``go`` is set."""
+    from shared.broker import Broker
+    from shared.messages import Heartbeat, now_sent_at
 
-    ids = [f"i-{k:017x}" for k in range(agents)]
-    started = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda k: store.workers.heartbeat(ids[k % agents], healthy=True,
-                                                now=time.time()), range(writes)))
-    return writes / (time.monotonic() - started)
+    broker = Broker(url, "bench-agents")
+    with ready.get_lock():
+        ready.value += 1
+    go.wait(60)
+    began, k = time.monotonic(), 0
+    while (due := began + k / rate) < began + seconds:
+        if due > time.monotonic():
+            time.sleep(due - time.monotonic())
+        iid = worker_id((offset + k * step) % agents)
+        broker.publish(topology.AGENTS, Heartbeat(type="heartbeat", instance_id=iid,
+                                                  healthy=True, sent_at=now_sent_at()).to_json())
+        k += 1
+        with sent.get_lock():
+            sent.value += 1
+    with done.get_lock():  # CLOCK_MONOTONIC is one clock for every process on Linux
+        done.value = max(done.value, time.monotonic())
+    with ready.get_lock():
+        ready.value -= 1  # back to 0 when every publisher has finished
+    broker.close()
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--agents", type=int, default=2000)
-    ap.add_argument("--beats", type=int, default=6000)
-    ap.add_argument("--rate", type=float, default=700)
-    ap.add_argument("--threads", type=int, default=8, help="DISPATCHER_THREADS")
-    args = ap.parse_args()
+def publisher_count(rate: float) -> int:
+    return max(2, min(MAX_PUBLISHERS, int(-(-rate // PER_PUBLISHER))))
 
-    from tests.conftest import env_for
-    from tests.helpers import Proc
 
-    server, settings, store = local_aws()
-    seed(store, args.agents, 0)
-    ceiling = moto_ceiling(store, args.agents, args.threads)
-    proc = Proc("dispatcher", env_for(settings, target_available=0,
-                                      dispatcher_threads=args.threads))
-    try:
-        health = int(proc.wait_ready()["health_port"])
-        ids = [f"i-{k:017x}" for k in range(args.agents)]
-        per_thread = args.beats // 4
-        started = time.monotonic()
+def publishers(url: str, rate: float, args: argparse.Namespace
+               ) -> tuple[list[Any], Any, Any, Any, Any]:
+    """Publisher processes, started and ready; set ``go`` to let them go. Returns them, the
+    count they sent, how many are still publishing, ``go``, and when the last one finished
+    (monotonic)."""
+    ctx = mp.get_context("spawn")  # this process has threads: no fork
+    n = publisher_count(rate)
+    sent, ready, go, done = ctx.Value("l", 0), ctx.Value("l", 0), ctx.Event(), ctx.Value("d", 0)
+    procs = [ctx.Process(target=publish, args=(url, args.agents, rate / n, args.seconds, i, n,
+                                               sent, ready, go, done)) for i in range(n)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 60
+    while ready.value < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return procs, sent, ready, go, done
 
-        def publish(offset: int) -> None:
-            broker = Broker(settings.amqp_url, "bench-agents")
-            for k in range(per_thread):
-                if args.rate:
-                    due = started + (k * 4 + offset) / args.rate
-                    if due > time.monotonic():
-                        time.sleep(due - time.monotonic())
-                iid = ids[(k * 4 + offset) % len(ids)]
-                broker.publish(topology.AGENTS, Heartbeat(
-                    type="heartbeat", instance_id=iid, healthy=True,
-                    sent_at=now_sent_at()).to_json())
-            broker.close()
 
-        threads = [threading.Thread(target=publish, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        deepest = 0
-        total = per_thread * 4
-        while metric(health, "workerpool_heartbeats_total") < total:
-            depth = queue_depths(settings.amqp_url, "bench", [topology.AGENTS])[topology.AGENTS]
-            deepest = max(deepest, depth or 0)
-            time.sleep(0.25)
-        elapsed = time.monotonic() - started
-        for t in threads:
-            t.join()
-        writes = metric(health, "workerpool_heartbeat_writes_total")
-        print(f"heartbeats: {total} over {args.agents} agents, offered at "
-              f"{args.rate or 'max'}/s, {args.threads} dispatcher threads")
-        print(f"drained at {total / elapsed:.0f}/s (elapsed {elapsed:.1f} s); "
-              f"agents queue at most {deepest} ready; "
-              f"DynamoDB writes per heartbeat {writes / total:.2f}")
-        print(f"moto's own ceiling: {ceiling:.0f} heartbeat writes/s from {args.threads} "
-              "threads calling store.heartbeat directly (no broker, no dispatcher)")
-    finally:
-        proc.stop()
-        server.stop()
+def handled(proc: Proc, published: int, url: str) -> float:
+    """Heartbeats the dispatcher has handled (its counter, else published − queue depth)."""
+    got = metric(proc.health_port, HANDLED)
+    if got is not None:
+        return got
+    return published - (queue_depths(url, "bench", [topology.AGENTS])[topology.AGENTS] or 0)
+
+
+def offer(st: Stage, proc: Proc, proxy: CountingProxy, rate: float, args: argparse.Namespace,
+          total: list[int], idle_cpu: float) -> dict[str, Any]:
+    """One rate for ``args.seconds``; the window's figures. ``idle_cpu``: the dispatcher's
+    CPU seconds per second with nothing to do (its timers), taken out of the net figure."""
+    url = st.settings.amqp_url
+    procs, sent, ready, go, done = publishers(url, rate, args)
+    h0, cpu0, c0 = handled(proc, total[0], url), cpu_seconds(proc.popen.pid), proxy.counts()
+    queued = max(0, int(total[0] - h0))  # left from the rate before (not drained in time)
+    began = time.monotonic()
+    go.set()
+    deepest, turn = 0, 0
+    while ready.value > 0:  # until the last publisher has sent its last heartbeat
+        if turn % 5 == 0:
+            deepest = max(deepest, queue_depths(url, "bench", [topology.AGENTS])[topology.AGENTS]
+                          or 0)
+        turn += 1
+        time.sleep(0.1)
+    # handled and CPU over the same window as offered: from go until publishing stopped
+    h1, cpu1 = handled(proc, total[0] + sent.value, url), cpu_seconds(proc.popen.pid)
+    window = time.monotonic() - began
+    publishing = done.value - began
+    total[0] += sent.value
+    for p in procs:
+        p.join(30)
+    calls = proxy.counts().minus(c0)
+    backlog = max(0, int(total[0] - h1))  # published, not handled yet: queued or in hand
+    beats, cpu = max(1.0, h1 - h0), cpu1 - cpu0
+    return {"target": rate, "offered": sent.value / publishing,
+            "drained": (h1 - h0) / window,
+            "backlog": backlog, "deepest": deepest, "window_s": window,
+            "publishers": len(procs), "queued_at_start": queued,
+            "cpu_ms": cpu * 1000 / beats,
+            "cpu_net_ms": max(0.0, cpu - idle_cpu * window) * 1000 / beats,
+            "calls_per_beat": calls.total_calls / beats if args.count else None,
+            "ops": report.per(calls.calls, beats)}
+
+
+def idle_cpu(proc: Proc, seconds: float) -> float:
+    """The dispatcher's CPU seconds per second while nothing arrives."""
+    before = cpu_seconds(proc.popen.pid)
+    time.sleep(seconds)
+    return (cpu_seconds(proc.popen.pid) - before) / seconds
+
+
+def drain(proc: Proc, published: int, url: str, limit: float) -> None:
+    """Wait until the dispatcher has handled everything published (at most ``limit`` s)."""
+    deadline = time.monotonic() + limit
+    while handled(proc, published, url) < published and time.monotonic() < deadline:
+        time.sleep(0.25)
+
+
+def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    with stage("heartbeats") as st, CountingProxy(st.dynamodb) as proxy:
+        seed(st.store, 0, args.agents)
+        proc = st.dispatcher(proxy.url if args.count else st.dynamodb)
+        total = [0]
+        try:
+            # untimed: one heartbeat per agent, so that the dispatcher knows every agent (it
+            # reads an instance's key once), as a dispatcher that has run a while does
+            warm = min(300.0, float(args.agents))
+            offer(st, proc, proxy, warm, argparse.Namespace(**{**vars(args), "seconds":
+                                                               args.agents / warm}), total, 0.0)
+            drain(proc, total[0], st.settings.amqp_url, args.drain)
+            idle = idle_cpu(proc, 3.0)
+            print(f"dispatcher idle: {idle * 1000:.1f} ms CPU per second", flush=True)
+            for rate in args.rates:
+                rows.append(offer(st, proc, proxy, rate, args, total, idle))
+                print(json.dumps(rows[-1]), flush=True)
+                drain(proc, total[0], st.settings.amqp_url, args.drain)
+        finally:
+            stop([proc])
+    return rows
+
+
+FULL = {"rates": "200,400,667,900", "agents": 1000, "seconds": 10.0, "drain": 90.0}
+QUICK = {"rates": "50,100", "agents": 100, "seconds": 2.0, "drain": 15.0}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench.heartbeats",
+                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--rates", help=f"heartbeats/s to offer ({FULL['rates']})")
+    ap.add_argument("--agents", type=int, help=f"distinct instances ({FULL['agents']})")
+    ap.add_argument("--seconds", type=float, help=f"window per rate ({FULL['seconds']})")
+    ap.add_argument("--drain", type=float, help=f"most seconds to drain ({FULL['drain']})")
+    ap.add_argument("--direct", dest="count", action="store_false",
+                    help="the dispatcher talks to DynamoDB Local directly, not through the "
+                         "counting proxy (no DynamoDB calls counted)")
+    ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
+    ap.add_argument("--record", metavar="LABEL", help="write the table into "
+                                                      "docs/benchmarks.md")
+    args = report.fill(ap.parse_args(argv), FULL, QUICK)
+    args.rates = [float(x) for x in str(args.rates).split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    print(f"heartbeats: one dispatcher, {args.agents} agents, {args.seconds:g} s per rate, "
+          f"a publisher process per {PER_PUBLISHER:g}/s", flush=True)
+    rows = run_all(args)
+    print()
+    print(report.heartbeats_table(rows))
+    print()
+    print(report.heartbeats_details(rows))
+    if args.record:
+        command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+        body = "\n\n".join([f"#### {args.record}", report.provenance(command),
+                            f"{args.agents:,} agents, {args.seconds:g} s per rate.",
+                            report.heartbeats_table(rows), report.heartbeats_details(rows)])
+        print(f"wrote {report.record('heartbeats', args.record, body)}")
     return 0
 
 
