@@ -1,7 +1,9 @@
-"""What the dispatcher accepts, before anything acts: a message that decodes (unknown
-fields ignored and counted: rolling upgrades), and, for a client's request, a sender who may
-act for its ``user_id`` (CLIENT_AUTH, PROTOCOL v2 §3). A refused request gets a dead-letter
-entry with its reason, then a ``rejected`` reply; every refusal is counted by reason."""
+"""What the dispatcher accepts, before anything acts: a body no larger than
+``topology.MAX_BODY_BYTES`` (checked before decoding: parsing is the cost a flood would
+buy), a message that decodes (unknown fields ignored and counted: rolling upgrades), and,
+for a client's request, a sender who may act for its ``user_id`` (CLIENT_AUTH, PROTOCOL v2
+§3). A refused request gets a dead-letter entry with its reason, then a ``rejected`` reply;
+every refusal is counted by reason."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ from typing import Any
 
 from dispatcher import assign, replies
 from dispatcher.metrics import Metrics
+from shared import topology
 from shared.broker import Delivery
 from shared.config import Settings
 from shared.errors import InvalidMessage
 from shared.messages import ClaimReply, LeaseReply, decode, unknown_fields
 
 log = logging.getLogger(__name__)
+
+
+def too_large(body: bytes, limit: int = topology.MAX_BODY_BYTES) -> str | None:
+    """The refusal reason for a body over ``limit`` bytes, else None."""
+    if len(body) > limit:
+        return f"body too large: {len(body)} bytes (limit {limit})"
+    return None
 
 
 class Admission:
@@ -27,6 +37,11 @@ class Admission:
               ) -> Any:
         """The decoded request, if valid and its sender may act for its user_id
         (CLIENT_AUTH); else None, after a dead-letter entry and a ``rejected`` reply."""
+        oversized = too_large(d.body)
+        if oversized:  # request_id unknown: the body is not even looked at
+            self.reject(d, reply(request_id=None, status="rejected", reason=oversized),
+                        "too large")
+            return None
         try:
             req = decode(kind, d.body)
         except InvalidMessage as exc:
@@ -57,8 +72,12 @@ class Admission:
         d.dead_letter(reply.reason or "invalid request", reply=reply.to_json())
 
     def decode(self, d: Delivery, kind: Any) -> Any:
-        """A message that needs no reply: InvalidMessage is counted here and dead-lettered
-        with its reason by the consumer."""
+        """A message that needs no reply: InvalidMessage (an oversized body included) is
+        counted here and dead-lettered with its reason by the consumer."""
+        oversized = too_large(d.body)
+        if oversized:
+            self.metrics.count_refused(d.queue, "too large")
+            raise InvalidMessage(oversized)
         try:
             return decode(kind, d.body)
         except InvalidMessage:

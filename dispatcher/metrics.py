@@ -1,4 +1,7 @@
-"""The dispatcher's Prometheus metrics, on the Runtime's health registry (/metrics)."""
+"""The dispatcher's Prometheus metrics, on the Runtime's health registry (/metrics).
+
+Names follow Prometheus's conventions: ``_total`` on counters, the unit as a suffix
+(docs/monitoring.md lists them all, with the alerts built on them)."""
 
 from __future__ import annotations
 
@@ -40,16 +43,12 @@ class Metrics:
                                      "Agent registrations, by result", ["result"],
                                      registry=registry)
         self.leases = Counter("workerpool_lease_requests_total",
-                              "Release and renew requests answered, by status", ["status"],
-                              registry=registry)
-        self.leases_lost = Counter(
-            "workerpool_leases_lost_on_recheck_total",
-            "Leases our conditional write made but a re-read found another's (only against "
-            "an emulator whose writes are not atomic: LEASE_RECHECK_SECONDS)", registry=registry)
+                              "Requests on workerpool.leases answered (release, renew, cancel, "
+                              "status), by the reply's status", ["status"], registry=registry)
         self.refused = Counter(
             "workerpool_refused_messages_total",
-            "Messages refused and dead-lettered, by queue and reason (untrusted sender, "
-            "user_id, unattested, signature, agent key, not in asg, invalid)",
+            "Messages refused and dead-lettered, by queue and reason (too large, invalid, "
+            "untrusted sender, user_id, unattested, signature, agent key, not in asg)",
             ["queue", "reason"], registry=registry)
         self.unknown_fields = Counter(
             "workerpool_unknown_fields_total",

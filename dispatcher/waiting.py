@@ -15,7 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from dispatcher import assign
+from dispatcher import assign, replies
 from dispatcher.assign import Assignment
 from dispatcher.claims import ClaimService
 from shared import topology
@@ -23,9 +23,13 @@ from shared.broker import Delivery
 from shared.clock import Clock
 from shared.config import Settings
 from shared.errors import AwsUnavailable
-from shared.messages import ClaimRequest
+from shared.messages import ClaimReply, ClaimRequest
 
 log = logging.getLogger(__name__)
+
+#: How long a cancel that found no claim here is kept in mind: the claim may still be on its
+#: way (in flight from workerpool.claims), and is then answered ``cancelled`` on arrival.
+CANCEL_MEMORY_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class WaitingRoom:
         self._lock = threading.Lock()
         self._keys = itertools.count()
         self.outlook: assign.Outlook | None = None  # the scaler's latest count of machines
+        self._aws_down = False  # the last serve pass found AWS unreachable
+        #: (user_id, request_id) of claims cancelled while not held here -> until when
+        self._cancelled: dict[tuple[str, str], float] = {}
 
     def add(self, d: Delivery, req: ClaimRequest) -> None:
         now = self.clock.now()
@@ -70,10 +77,45 @@ class WaitingRoom:
         with self._lock:
             return self._held.pop(key, None)
 
+    def withdraw(self, user_id: str, request_id: str) -> bool:
+        """A cancel (cancel.py): answer this user's waiting claim ``cancelled`` and let it
+        go; False if no such claim is held here (one that arrives later is answered
+        ``cancelled`` then)."""
+        now = self.clock.now()
+        with self._lock:
+            self._cancelled = {k: t for k, t in self._cancelled.items() if t > now}
+            keys = [k for k, h in self._held.items()
+                    if (h.request.user_id, h.request.request_id) == (user_id, request_id)]
+            if not keys:
+                self._cancelled[(user_id, request_id)] = now + CANCEL_MEMORY_SECONDS
+        for key in keys:
+            self._cancel(key)
+        return bool(keys)
+
+    def _cancel(self, key: int) -> None:
+        h = self._take(key)
+        if h is None:
+            return
+        reply = ClaimReply(request_id=h.request.request_id, status="cancelled",
+                           reason=replies.CANCELLED)
+        log.info("waiting claim cancelled", extra={"request_id": h.request.request_id,
+                                                    "user_id": h.request.user_id})
+        try:
+            self.claims.finish(h.delivery, reply, h.waiter.arrived_at)
+        except Exception:
+            self._put_back(h)  # its outcome is stored: the next pass answers the same
+            raise
+
     def expire(self) -> None:
-        """Answer the claims whose wait is over. A job of its own, which needs no AWS call
-        to decide: a serve pass stuck on an unreachable AWS never holds a deadline back."""
+        """Answer the claims whose wait is over, and those cancelled before they got here.
+        A job of its own, which needs no AWS call to decide: a serve pass stuck on an
+        unreachable AWS never holds a deadline back."""
         held = self._snapshot()
+        if self._cancelled:
+            for key, h in held.items():
+                if (h.request.user_id, h.request.request_id) in self._cancelled:
+                    self._cancel(key)
+            held = self._snapshot()
         if held:
             plan = assign.plan_waiting([h.waiter for h in held.values()], self.clock.now(),
                                        self.claims.pool_view())
@@ -95,15 +137,20 @@ class WaitingRoom:
             if left and self.claims.any_free():
                 while left:
                     h = held[left[0]]
-                    got = self.claims.attempt(h.request, wait_seconds=None)
+                    where = assign.reply_key(h.delivery.reply_to, h.delivery.correlation_id)
+                    got = self.claims.attempt(h.request, wait_seconds=None, reply_key=where)
                     if not isinstance(got, Assignment):
                         break
                     left.pop(0)
                     self._give(h, got)
         except AwsUnavailable as exc:
-            log.warning("waiting claims not served: AWS does not answer",
-                        extra={"error": str(exc)[:300], "waiting": len(left)})
+            # said once per outage (every pass tries again: it is how we see AWS come back)
+            (log.debug if self._aws_down else log.warning)(
+                "waiting claims not served: AWS does not answer",
+                extra={"error": str(exc)[:300], "waiting": len(left)})
+            self._aws_down = True
             return
+        self._aws_down = False
         refused = assign.refused_waiters([held[k].waiter for k in left], self.outlook,
                                          self.clock.now())
         for key, reason in refused:

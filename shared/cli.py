@@ -21,6 +21,25 @@ EXIT_TIMEOUT = 4  # no reply in time
 
 Command = Callable[[argparse.Namespace], int]
 
+BOOTSTRAP_EPILOG = """\
+examples:
+  AWS_ENDPOINT_URL=http://127.0.0.1:4566 workerpool bootstrap    against moto
+  workerpool bootstrap --no-broker                               the table only
+
+exit codes:
+  0    done (prints what exists now, as JSON)
+  2    bad configuration
+  3    broker or AWS unreachable
+"""
+
+DEFINITIONS_EPILOG = """\
+examples:
+  workerpool definitions > definitions.json
+
+exit codes:
+  0    printed
+"""
+
 LOCAL_EXTRA_MISSING = ("the local pool needs the [local] extra: pip install -e '.[local]' "
                        "(or ./scripts/dev, which installs it)")
 
@@ -44,19 +63,42 @@ def _cmd_definitions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("workerpool")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workerpool",
         description="On-demand development VMs from a warm pool (see README.md).",
+        epilog="`workerpool COMMAND --help` shows a command's flags, examples and exit codes; "
+               "docs/cli.md has sample output. The broker is AMQP_URL; your user id is "
+               "--user, else $WORKERPOOL_USER, else your login name.",
     )
+    parser.add_argument("--version", action="version", version=f"workerpool {_version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("bootstrap",
-                       help="create the table (and, against an emulator, the ASG)")
+                       help="create the table (and, against an emulator, the ASG)",
+                       description="Create the DynamoDB table and its indexes, declare the "
+                       "broker's queues and, against an emulator (AWS_ENDPOINT_URL), the "
+                       "launch template and ASG. Idempotent: safe to run again.",
+                       epilog=BOOTSTRAP_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-broker", action="store_true", help="do not declare the broker topology")
     p.set_defaults(func=_cmd_bootstrap)
 
-    p = sub.add_parser("definitions", help="print the RabbitMQ definitions of our queues")
+    p = sub.add_parser("definitions", help="print the RabbitMQ definitions of our queues",
+                       description="Print the RabbitMQ definitions (queues, exchanges, "
+                       "bindings) as JSON, for `rabbitmqctl import_definitions`.",
+                       epilog=DEFINITIONS_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=_cmd_definitions)
 
     try:  # the client verbs live in their own module

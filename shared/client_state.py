@@ -27,8 +27,12 @@ def remember(user: str, reply: dict[str, Any]) -> None:
     record = {"user_id": user, "instance_id": worker.get("instance_id"),
               "url": worker.get("url"), "lease_expiry": reply.get("lease_expiry"),
               "tls_fingerprint": worker.get("tls_fingerprint")}
+    _write(user, record)
+
+
+def _write(user: str, record: dict[str, Any]) -> None:
     try:
-        state_dir().mkdir(parents=True, exist_ok=True)
+        state_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
         _path(user).write_text(json.dumps(record))
     except OSError:
         pass
@@ -40,6 +44,13 @@ def last(user: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return {k: record.get(k) for k in KEPT} if isinstance(record, dict) else None
+
+
+def renewed(user: str, instance_id: str, lease_expiry: str | None) -> None:
+    """After a renewal of the remembered worker: keep its new expiry."""
+    record = last(user)
+    if record and record.get("instance_id") == instance_id and lease_expiry:
+        _write(user, {**record, "lease_expiry": lease_expiry})
 
 
 def forget(user: str, instance_id: str) -> None:

@@ -1,152 +1,40 @@
 """``workerpool dev``: the whole pool on one machine.
 
-The broker at AMQP_URL (localhost by default), an embedded moto server as AWS
-(sim/motoserver.py), then bootstrap, dispatchers, scaler, reaper and the simulated fleet
-(sim/fleet.py) as child processes. Their JSON log lines are merged, prefixed and shortened;
-a line per process says when it is ready; Ctrl-C stops everything (SIGTERM, then SIGKILL
-after 12 s).
+The broker at AMQP_URL (localhost by default), an embedded moto server as AWS on port 4566
+(sim/motoserver.py), or moto for Auto Scaling and EC2 with DynamoDB Local for DynamoDB
+(``--dynamodb local``, sim/devenv.py), then bootstrap, dispatchers, scaler, reaper and the
+simulated fleet (sim/fleet.py) as child processes. Their JSON log lines are merged,
+prefixed and shortened; a line per process says when it is ready; Ctrl-C stops everything,
+the fleet before the dispatchers (sim/supervisor.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import selectors
 import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-#: Timings for a local pool: a whole lifecycle in seconds, not minutes. Any of them can be
-#: overridden by setting the variable before `workerpool dev`.
-DEV_DEFAULTS = {
-    "HEARTBEAT_INTERVAL": "2",
-    "REAP_INTERVAL": "1",
-    "COOLDOWN_SECONDS": "5",
-    "RECONCILE_INTERVAL": "1",
-    "BOOT_TIMEOUT_SECONDS": "60",
-    "FLEET_BOOT_DELAY": "2",
-    "LOCK_TTL_SECONDS": "5",
-    "SCALE_IN_IDLE_SECONDS": "60",
-    "LOG_LEVEL": "INFO",
-}
+from sim.devenv import DevError, backend, dynamodb_local, empty_table, environment, point_at
+from sim.supervisor import Supervisor
 
-COLORS = ["36", "35", "33", "32", "34", "31", "96", "95"]
+if TYPE_CHECKING:
+    from sim.motoserver import SerializedMotoServer
+
+EXIT_USAGE = 2  # as shared.cli's: bad arguments or configuration (a taken port among them)
+EXIT_UNREACHABLE = 3
 
 
-@dataclass
-class Child:
-    name: str
-    popen: subprocess.Popen[str]
-    color: str
-    ready: bool = False
-    health_port: int | None = None
-    buffer: str = field(default="")
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the local pool's AWS answers."""
 
-
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError("no free port")
-
-
-def _short(line: str) -> str:
-    """A JSON log line as ``level msg key=value ...`` (raw text if it is not JSON)."""
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(rec, dict):
-        return line
-    skip = {"ts", "level", "process", "logger", "msg", "exc"}
-    extras = " ".join(f"{k}={v}" for k, v in rec.items() if k not in skip)
-    text = f"{rec.get('level', ''):<7} {rec.get('msg', '')} {extras}".rstrip()
-    if rec.get("exc"):
-        text += "\n" + rec["exc"]
-    return text
-
-
-class Dev:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.children: list[Child] = []
-        self.sel = selectors.DefaultSelector()
-        self.tty = sys.stdout.isatty()
-        self.stopping = False
-
-    def say(self, text: str) -> None:
-        print(f"\033[1m[dev]\033[0m {text}" if self.tty else f"[dev] {text}", flush=True)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        popen = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                 start_new_session=True)
-        child = Child(name, popen, COLORS[len(self.children) % len(COLORS)])
-        self.children.append(child)
-        assert popen.stdout is not None
-        os.set_blocking(popen.stdout.fileno(), False)
-        self.sel.register(popen.stdout, selectors.EVENT_READ, child)
-        return child
-
-    def pump(self, timeout: float) -> None:
-        for key, _ in self.sel.select(timeout):
-            child: Child = key.data
-            chunk = key.fileobj.read()  # type: ignore[union-attr]
-            if not chunk:
-                self.sel.unregister(key.fileobj)
-                continue
-            child.buffer += chunk
-            *lines, child.buffer = child.buffer.split("\n")
-            for line in lines:
-                self.show(child, line)
-
-    def show(self, child: Child, line: str) -> None:
-        if not line.strip():
-            return
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = {}
-        if isinstance(rec, dict) and rec.get("event") == "ready" and not child.ready:
-            child.ready = True
-            child.health_port = rec.get("health_port")
-            self.say(f"✓ {child.name} ready (health http://127.0.0.1:{child.health_port}/health)")
-        prefix = f"{child.name:<12}|"
-        if self.tty:
-            prefix = f"\033[{child.color}m{prefix}\033[0m"
-        print(f"{prefix} {_short(line)}", flush=True)
-
-    def stop_all(self) -> None:
-        self.stopping = True
-        self.say("stopping everything…")
-        for c in reversed(self.children):
-            if c.popen.poll() is None:
-                try:
-                    os.killpg(c.popen.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 12
-        while time.monotonic() < deadline and any(c.popen.poll() is None for c in self.children):
-            self.pump(0.1)
-        for c in self.children:
-            if c.popen.poll() is None:
-                self.say(f"{c.name} did not stop in time; killing it")
-                os.killpg(c.popen.pid, signal.SIGKILL)
-        for c in self.children:
-            c.popen.wait()
-        self.pump(0)
+    moto: str
+    dynamodb: str | None  # DynamoDB Local; None: moto serves DynamoDB too
 
 
 def _broker_answers(url: str) -> str | None:
@@ -168,123 +56,141 @@ def _management_url() -> str | None:
         return None
 
 
-def _environment(args: argparse.Namespace) -> dict[str, str]:
-    """Ours, with the local pool's timings and credentials where the user set none."""
-    env = {**os.environ}
-    for key, value in DEV_DEFAULTS.items():
-        env.setdefault(key, value)
-    env.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    env.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    env.setdefault("AWS_REGION", "us-east-1")
-    if args.target is not None:
-        env["TARGET_AVAILABLE"] = str(args.target)
-    if args.max is not None:
-        env["ASG_MAX_SIZE"] = str(args.max)
-    env["HEALTH_PORT"] = "0"
-    env["PYTHONUNBUFFERED"] = "1"
-    _attestation(env)
-    return env
+def _where(endpoints: Endpoints) -> str:
+    if endpoints.dynamodb is None:
+        return f"moto at {endpoints.moto} (DynamoDB, Auto Scaling, EC2)"
+    return (f"moto at {endpoints.moto} (Auto Scaling, EC2), "
+            f"DynamoDB Local at {endpoints.dynamodb} (DynamoDB)")
 
 
-def _attestation(env: dict[str, str]) -> None:
-    """Attestation and TLS on, as on AWS: the simulated IMDS signs identity documents with a
-    local key (kept in .cache/dev/), whose certificate the dispatchers get as IDENTITY_CERT;
-    each simulated code-server serves https with the certificate its agent registers."""
-    from sim.identity import CERT_FILE, KEY_FILE, IdentityAuthority
-
-    state = Path(env.get("WORKERPOOL_DEV_STATE", ".cache/dev")).resolve()
-    IdentityAuthority.in_dir(state)
-    env.setdefault("IDENTITY_CERT", str(state / CERT_FILE))
-    env.setdefault("FLEET_IDENTITY_KEY", str(state / KEY_FILE))
-    env.setdefault("FLEET_TLS", "1")  # code-server over https, as on a real VM
-
-
-def _prepare(dev: Dev, env: dict[str, str], amqp_url: str) -> None:
-    """Empty queues (unless kept), then the table, the ASG and the broker's topology."""
+def _prepare(sup: Supervisor, args: argparse.Namespace, env: dict[str, str],
+             endpoints: Endpoints) -> None:
+    """Empty queues (unless kept) and, on DynamoDB Local, the table; then the table, the ASG
+    and the broker's topology."""
     from shared import topology
     from shared.bootstrap import bootstrap
     from shared.broker import purge
     from shared.config import parse_settings
 
+    for key in [k for k in os.environ if k not in env]:  # e.g. the shell's own endpoints
+        del os.environ[key]
     os.environ.update(env)  # this launcher's own settings are the children's
     settings = parse_settings()
-    if not dev.args.keep_queues:
-        purge(amqp_url, "dev", [q.name for q in topology.QUEUES])
+    if not args.keep_queues:
+        purge(settings.amqp_url, "dev", [q.name for q in topology.QUEUES])
+    if endpoints.dynamodb is not None and empty_table(settings.table_name, settings.aws_region):
+        sup.say(f"dropped last run's table {settings.table_name} from DynamoDB Local "
+                "(the pool starts empty, as on moto)")
     bootstrap(settings)
-    dev.say(f"bootstrapped table {settings.table_name} and ASG {settings.asg_name} "
+    sup.say(f"bootstrapped table {settings.table_name} and ASG {settings.asg_name} "
             f"(max {settings.asg_max_size}); target {settings.target_available} free workers")
 
 
-def _start_processes(dev: Dev, env: dict[str, str]) -> None:
+def _start_processes(sup: Supervisor, args: argparse.Namespace, env: dict[str, str]) -> None:
     py = sys.executable
-    for k in range(dev.args.dispatchers):
-        dev.start(f"dispatcher-{k + 1}", [py, "-m", "dispatcher"], env)
-    dev.start("scaler", [py, "-m", "scaler"], env)
-    dev.start("reaper", [py, "-m", "reaper"], env)
-    dev.start("fleet", [py, "-m", "sim.fleet"], env)
+    names = [(f"dispatcher-{k + 1}", "dispatcher") for k in range(args.dispatchers)]
+    for name, module in [*names, ("scaler", "scaler"), ("reaper", "reaper"),
+                         ("fleet", "sim.fleet")]:
+        if sup.stopping:  # Ctrl-C while starting
+            return
+        sup.start(name, [py, "-m", module], env)
 
 
-def _announce(dev: Dev, endpoint: str) -> None:
-    ports = ", ".join(f"{c.name} :{c.health_port}" for c in dev.children)
-    dev.say("the pool is up.")
+def _announce(sup: Supervisor, endpoints: Endpoints) -> None:
+    ports = ", ".join(f"{c.name} :{c.health_port}" for c in sup.children)
+    sup.say("the pool is up.")
     ui = _management_url() or "not enabled (rabbitmq-plugins enable rabbitmq_management)"
-    dev.say(f"  RabbitMQ management UI: {ui}")
-    dev.say(f"  AWS (moto): {endpoint}")
-    dev.say(f"  health/metrics ports: {ports}")
-    dev.say("  in another terminal:")
-    dev.say("    workerpool claim --user alice")
-    dev.say(f"    AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID=testing "
-            "AWS_SECRET_ACCESS_KEY=testing workerpool status --watch")
-    dev.say("  Ctrl-C stops everything.")
+    sup.say(f"  RabbitMQ management UI: {ui}")
+    sup.say(f"  AWS: {_where(endpoints)}")
+    sup.say(f"  health/metrics ports: {ports}")
+    sup.say("  in another terminal:")
+    sup.say("    workerpool claim --user alice")
+    aws = f"AWS_ENDPOINT_URL={endpoints.moto}"
+    if endpoints.dynamodb is not None:
+        aws += f" AWS_ENDPOINT_URL_DYNAMODB={endpoints.dynamodb}"
+    sup.say(f"    {aws} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing "
+            "workerpool status --watch")
+    sup.say("  Ctrl-C stops everything.")
 
 
-def _supervise(dev: Dev, endpoint: str) -> int:
-    """Show the children's lines until Ctrl-C (0) or until one of them exits (1)."""
+def _on_signals(sup: Supervisor) -> None:
+    """Ctrl-C (or SIGTERM) stops the pool, from the first moment: during the start too,
+    which then stops where it is instead of raising KeyboardInterrupt among its children."""
 
     def on_signal(signum: int, frame: Any) -> None:
-        dev.stopping = True
+        if sup.stopping:
+            sup.hurry = True  # a second Ctrl-C while stopping
+        sup.stopping = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+
+
+def _supervise(sup: Supervisor, endpoints: Endpoints) -> int:
+    """Show the children's lines until Ctrl-C (0) or until one of them exits (1)."""
     announced = False
     code = 0
-    while not dev.stopping:
-        dev.pump(0.2)
-        for c in dev.children:
-            if c.popen.poll() is not None:
-                dev.say(f"✗ {c.name} exited with status {c.popen.returncode}")
-                dev.stopping = True
+    while not sup.stopping:
+        sup.pump(0.2)
+        for c in sup.children:
+            if not c.running:
+                sup.say(f"✗ {c.name} exited with status {c.popen.returncode}")
+                sup.stopping = True
                 code = 1
-        if not announced and all(c.ready for c in dev.children):
+        if not announced and all(c.ready for c in sup.children):
             announced = True
-            _announce(dev, endpoint)
+            _announce(sup, endpoints)
     return code
 
 
-def run(args: argparse.Namespace) -> int:
-    from shared.config import redact_url
+def _start_moto(port: int) -> SerializedMotoServer:
     from sim.motoserver import SerializedMotoServer
+    from sim.ports import PortTaken
 
-    env = _environment(args)
+    try:
+        return SerializedMotoServer(port=port).start()
+    except PortTaken as exc:
+        raise DevError(f"moto cannot listen: {exc.strerror}. Stop it, or give moto another "
+                       "port with --moto-port N (0: any free one; the README's commands "
+                       "expect 4566)") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except DevError as exc:
+        print(f"workerpool dev: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shared.config import redact_url
+
+    dynamodb = backend(args)
+    env = environment(args)
     amqp_url = env.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+    sup = Supervisor(amqp_url)
+    _on_signals(sup)
     if _broker_answers(amqp_url):
         print(f"workerpool dev: RabbitMQ does not answer at {redact_url(amqp_url)}; start one "
               "with `rabbitmq-server -detached` (or set AMQP_URL)", file=sys.stderr)
-        return 3
-    moto = SerializedMotoServer(port=_free_port(args.moto_port)).start()
-    env["AWS_ENDPOINT_URL"] = moto.endpoint
-    # one request at a time: its conditional writes are atomic (docs/emulators.md)
-    env.setdefault("LEASE_RECHECK_SECONDS", "0")
-    dev = Dev(args)
-    dev.say(f"moto (AWS) at {moto.endpoint}; broker at {redact_url(amqp_url)}")
+        return EXIT_UNREACHABLE
+    moto = _start_moto(args.moto_port)
+    code = 0
     try:
-        _prepare(dev, env, amqp_url)
-        _start_processes(dev, env)
-        code = _supervise(dev, moto.endpoint)
+        endpoints = Endpoints(moto.endpoint,
+                              dynamodb_local(env) if dynamodb == "local" else None)
+        point_at(env, moto=endpoints.moto, dynamodb=endpoints.dynamodb)
+        sup.say(f"AWS: {_where(endpoints)}; broker at {redact_url(amqp_url)}")
+        if not sup.stopping:
+            _prepare(sup, args, env, endpoints)
+        _start_processes(sup, args, env)
+        code = _supervise(sup, endpoints)
     finally:
-        dev.stop_all()
+        if sup.children:
+            sup.stop_all()
         moto.stop()
-    dev.say("stopped.")
+    sup.say("stopped.")
     return code
 
 
@@ -296,12 +202,29 @@ def can_run() -> bool:
         return False
 
 
+DEV_EPILOG = """examples:
+  workerpool dev                      # the pool on moto and the local RabbitMQ
+  workerpool dev --dynamodb local     # DynamoDB on DynamoDB Local instead
+  workerpool dev --target 4 --max 20  # a bigger pool
+
+exit codes: 0 stopped cleanly (Ctrl-C), 1 a process of the pool exited, 2 a bad option
+or a port taken, 3 the broker (or DynamoDB Local) does not answer
+"""
+
+
 def add_command(sub: Any) -> None:
-    p = sub.add_parser("dev", help="run the whole pool locally (broker + moto + processes)")
+    p = sub.add_parser(
+        "dev", help="run the whole pool locally (broker + moto + processes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=DEV_EPILOG)
+    p.add_argument("--dynamodb", choices=("moto", "local"), default="moto",
+                   help="who serves DynamoDB: moto (default, pure Python) or DynamoDB Local "
+                        "(AWS's own emulator: atomic and fast; needs Java, see "
+                        "scripts/dynamodb); the ASG stays on moto")
     p.add_argument("--dispatchers", type=int, default=2, help="dispatcher processes (2)")
     p.add_argument("--target", type=int, help="TARGET_AVAILABLE (default from env, or 2)")
     p.add_argument("--max", type=int, help="ASG_MAX_SIZE (default from env, or 10)")
-    p.add_argument("--moto-port", type=int, default=4566, help="port for moto (4566, or free)")
+    p.add_argument("--moto-port", type=int, default=4566,
+                   help="port for moto (4566; 0: any free port)")
     p.add_argument("--keep-queues", action="store_true",
                    help="do not purge workerpool queues at start (moto starts empty anyway)")
     p.set_defaults(func=run)

@@ -213,13 +213,16 @@ class _CodeServerHandler(_Handler):
         if path != "/healthz":
             self._send(404, "Not Found")
         elif fake.healthy:
-            self._send(200, '{"status":"alive","lastHeartbeat":0}', "application/json")
+            self._send(200, json.dumps(fake.healthz()), "application/json")
         else:
             self._send(503, '{"status":"expired"}', "application/json")
 
 
 class FakeCodeServer(_Server):
-    """code-server's ``/healthz``: 200 while ``healthy``, else 503.
+    """code-server's ``/healthz``: 200 while ``healthy``, else 503. Its body is code-server's:
+    ``{"status": "alive" | "expired", "lastHeartbeat": <epoch ms>}``, the user's last
+    activity: 0 until ``touch()`` (or ``last_activity = <epoch s>``); with ``active`` a user
+    is at work, and it follows the clock.
 
     ``config_path``: its config.yaml (the agent's CODE_SERVER_CONFIG); ``config()`` and
     ``GET /config`` report its ``auth`` and ``hashed-password``, and ``accepts(password)``
@@ -239,6 +242,20 @@ class FakeCodeServer(_Server):
         self.healthy = True
         self.probes = 0
         self.config_path = Path(config_path) if config_path else None
+        self.last_activity: float | None = None  # epoch seconds; None: nobody used it yet
+        self.active = False
+
+    def touch(self, at: float | None = None) -> None:
+        """The user did something (at ``at``, epoch seconds; default now)."""
+        self.last_activity = time.time() if at is None else at
+
+    def healthz(self) -> dict[str, Any]:
+        """What /healthz answers while healthy (code-server's heart: "alive" within a
+        minute of the last activity, "expired" after; lastHeartbeat 0 = never used)."""
+        last = time.time() if self.active else self.last_activity
+        alive = last is not None and time.time() - last <= 60
+        return {"status": "alive" if alive else "expired",
+                "lastHeartbeat": int(last * 1000) if last else 0}
 
     def config(self) -> dict[str, str | None]:
         """``auth`` and ``hashed_password`` as the config file holds them (None: absent)."""

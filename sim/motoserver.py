@@ -9,12 +9,16 @@ extra brings moto.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from typing import Any
 
 
 class SerializedMotoServer:
+    """moto on ``host:port`` (0: any free port). The port is bound here, with SO_REUSEADDR,
+    so a quick restart keeps it while the last run's connections sit in TIME-WAIT; a port
+    another process listens on raises ``sim.ports.PortTaken`` naming it (werkzeug's own
+    bind would print a line and exit the process)."""
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
@@ -22,6 +26,8 @@ class SerializedMotoServer:
             create_backend_app,
         )
         from werkzeug.serving import make_server
+
+        from sim.ports import listen
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
         inner = DomainDispatcherApplication(create_backend_app)
@@ -31,13 +37,14 @@ class SerializedMotoServer:
             with lock:
                 return list(inner(environ, start_response))
 
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = int(s.getsockname()[1])
-        self._server = make_server(host, port, serialized, threaded=True,
-                                   request_handler=MotoRequestHandler)
-        self.endpoint = f"http://{host}:{port}"
+        sock = listen(host, port)
+        try:  # werkzeug serves a duplicate of this socket
+            self._server = make_server(host, port, serialized, threaded=True,
+                                       request_handler=MotoRequestHandler, fd=sock.fileno())
+        finally:
+            sock.close()
+        self.port = int(self._server.server_address[1])
+        self.endpoint = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
                                         name="moto")
 

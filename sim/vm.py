@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -20,9 +20,6 @@ from typing import IO, Any
 from shared.config import Settings
 from sim.fakes import FakeCodeServer, FakeImds
 from sim.fleetplan import MemberView, State
-
-#: RFC 5737's documentation networks: a made-up public IP that can never be someone's host.
-DOCUMENTATION_NETS = ("192.0.2", "198.51.100", "203.0.113")
 
 
 @dataclass
@@ -40,10 +37,11 @@ class SimVm:
     exited_at: float | None = None
     starts: int = 0
     addresses: dict[str, Any] = field(default_factory=dict)
+    boot_delay: float | None = None  # drawn for its type (FLEET_BOOT_TIMES); None: the default
 
     def view(self) -> MemberView:
         return MemberView(self.instance_id, self.state, self.first_seen, self.exit_code,
-                          self.exited_at)
+                          self.exited_at, self.boot_delay)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -55,18 +53,20 @@ class SimVm:
             "code_server_healthy": self.code_server.healthy if self.code_server else None,
             "code_server_config": (str(self.code_server.config_path)
                                    if self.code_server else None),
+            "code_server_last_activity": (self.code_server.last_activity
+                                          if self.code_server else None),
+            "code_server_active": self.code_server.active if self.code_server else None,
+            # where its agent writes lease notices, and the lines it "wall"ed (vm_files)
+            **({k: str(v) for k, v in vm_files(self.code_server.config_path.parent).items()}
+               if self.code_server and self.code_server.config_path else {}),
             **self.addresses,
         }
 
 
-def made_up_addresses(instance_id: str) -> dict[str, Any]:
-    """Stable fake IPs for an instance EC2 cannot describe: a private 10.x address and a
-    public one from the documentation networks (RFC 5737), never a real AWS address."""
-    h = zlib.crc32(instance_id.encode())
-    net = DOCUMENTATION_NETS[(h >> 16) % len(DOCUMENTATION_NETS)]
-    return {"private_ip": f"10.0.{(h >> 8) % 250 + 1}.{h % 250 + 1}",
-            "public_ip": f"{net}.{h % 254 + 1}",
-            "instance_type": "t3.medium", "availability_zone": "us-east-1a"}
+def vm_files(vm_dir: Path) -> dict[str, Path]:
+    """A VM's lease notice file (AGENT_NOTICE_FILE) and the stand-in for its users'
+    terminals: AGENT_WALL_COMMAND appends each line to ``wall_log`` (never the real wall)."""
+    return {"notice_file": vm_dir / "WORKERPOOL-NOTICE.txt", "wall_log": vm_dir / "wall.log"}
 
 
 def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer, *,
@@ -86,11 +86,16 @@ def agent_env(settings: Settings, imds: FakeImds, code_server: FakeCodeServer, *
            # the fleet SIGTERMs an agent when its instance leaves the ASG: that is the VM
            # going away, whatever the host's own systemd says (agent/shutdown.py)
            "AGENT_DEREGISTER_ON_STOP": "always",
+           # lease notices: a file of its own, and "wall" into a log (sim.vm.vm_files)
+           "AGENT_NOTICE_FILE": str(vm_files(key_file.parent)["notice_file"]),
+           "AGENT_WALL_COMMAND": "tee -a " + shlex.quote(str(vm_files(key_file.parent)
+                                                            ["wall_log"])),
            **({"CODE_SERVER_TLS_DIR": str(code_server.tls_dir)} if code_server.tls_dir
               else {}),
            "PYTHONUNBUFFERED": "1"}
-    for leak in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        env.pop(leak, None)  # a real VM's agent has no AWS credentials and needs none
+    for leak in [k for k in env if k.startswith("AWS_ENDPOINT_URL")
+                 or k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]:
+        env.pop(leak)  # a real VM's agent has no AWS credentials and needs none
     return env
 
 

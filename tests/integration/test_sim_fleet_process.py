@@ -1,21 +1,27 @@
 """``python -m sim.fleet`` against moto's ASG and the real broker: instances the ASG
-launches get real agents that register; terminated ones deregister; the control API makes
-an instance hang, fail boot, or turn unhealthy."""
+launches get real agents that register (EC2's private IP, a documentation public IP in
+place of moto's real-AWS one); terminated ones deregister; the control API makes an
+instance hang, fail boot, or turn unhealthy."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from cryptography import x509
 
 from shared.asg import Asg
 from shared.config import Settings
+from sim.addresses import is_documentation
 from sim.tap import AgentsTap
 from tests.conftest import env_for
 from tests.helpers import Proc, wait_for
@@ -37,7 +43,7 @@ def asg(pool: Settings) -> Asg:
 @pytest.fixture
 def fleet(pool: Settings) -> Iterator[Proc]:
     proc = Proc("sim.fleet", env_for(pool, heartbeat_interval=INTERVAL,
-                                      fleet_boot_delay=0.3, fleet_fail_boot=""))
+                                      fleet_boot_delay=0.3, fleet_fail_boot="", fleet_tls=1))
     try:
         proc.wait_ready()
         yield proc
@@ -56,20 +62,38 @@ def instances(fleet: Proc) -> dict[str, dict[str, Any]]:
     return {i["instance_id"]: i for i in control(fleet, "/instances", "GET")}
 
 
-def test_instances_the_asg_launches_get_agents_that_register_with_moto_ips(
+def certificate_ips(url: str) -> set[str]:
+    """The IP addresses a TLS server's certificate names (its subjectAltName)."""
+    parts = urlsplit(url)
+    pem = ssl.get_server_certificate((parts.hostname or "", parts.port or 443), timeout=5)
+    san = x509.load_pem_x509_certificate(pem.encode()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def test_agents_register_ec2s_private_ip_and_a_documentation_public_ip(
         fleet: Proc, tap: AgentsTap, asg: Asg) -> None:
     asg.set_desired(2)
     ids = sorted(asg.describe().live_ids)
     assert len(ids) == 2
+    listing: dict[str, dict[str, Any]] = {}
     for iid in ids:
         reg = wait_for(lambda iid=iid: tap.of(iid, "register"), timeout=15,
                        what=f"{iid} registered")[0]
         described = asg.ec2.describe_instances(InstanceIds=[iid])
         inst = described["Reservations"][0]["Instances"][0]
         assert reg["private_ip"] == inst["PrivateIpAddress"]
-        assert reg["public_ip"] == inst.get("PublicIpAddress")
+        assert ipaddress.ip_address(reg["private_ip"]) in ipaddress.ip_network("10.0.0.0/8")
+        # moto's public IP is a real AWS address: the VM is told a documentation one
+        assert not is_documentation(inst["PublicIpAddress"])
+        assert is_documentation(reg["public_ip"]), reg["public_ip"]
         wait_for(lambda iid=iid: tap.of(iid, "heartbeat"), what=f"{iid} heartbeats")
-    listing = instances(fleet)
+        listing = instances(fleet)
+        assert listing[iid]["public_ip"] == reg["public_ip"]  # the fleet says the same
+        # and code-server's certificate names the address the agent registered
+        assert {reg["public_ip"], reg["private_ip"]} <= certificate_ips(
+            listing[iid]["code_server_url"])
+    assert len({listing[i]["public_ip"] for i in ids}) == 2
     assert {listing[i]["state"] for i in ids} == {"running"}
     assert all(listing[i]["pid"] for i in ids)
     # the agents' own lines come through the fleet's stderr, tagged with their VM

@@ -65,8 +65,59 @@ def test_agents_may_write_only_to_amq_topic_with_the_agents_routing_key() -> Non
     assert re.search(agent["read"], "workerpool.agent.i-0123456789abcdef0")
 
 
-def test_clients_configure_nothing_and_read_only_their_replies() -> None:
+def test_clients_configure_only_server_named_queues_and_read_only_their_replies() -> None:
     client = _perm("workerpool-client")
-    assert client["configure"] == "^$"
-    assert not re.search(client["read"], topology.CLAIMS)
+    # `workerpool watch` declares an exclusive, server-named queue on workerpool.events
+    assert re.fullmatch(client["configure"], "amq.gen-AbC123")
+    for name in (topology.CLAIMS, topology.DEAD_LETTER, "workerpool.agent.i-0abc", "x"):
+        assert not re.search(client["configure"], name), name
+        assert not re.search(client["read"], name), name
     assert re.search(client["read"], "amq.rabbitmq.reply-to")
+
+
+def test_a_client_reads_only_its_own_users_events() -> None:
+    (topic,) = [t for t in DEFS["topic_permissions"] if t["user"] == "workerpool-client"]
+    assert topic["exchange"] == topology.EVENTS_EXCHANGE and topic["write"] == "^$"
+    assert topic["read"] == "^user\\.{username}$"  # RabbitMQ expands {username}
+
+
+# --- dead-letter hygiene (issue 16, item 8) --------------------------------------------
+def _policies_of(queue: str) -> list[str]:
+    return [p["name"] for p in DEFS["policies"] if re.search(p["pattern"], queue)]
+
+
+def test_the_dead_letter_queue_is_bounded_by_a_policy_that_keeps_the_newest() -> None:
+    assert _policies_of(topology.DEAD_LETTER) == ["workerpool-dead-letter"]
+    (policy,) = [p for p in DEFS["policies"] if p["name"] == "workerpool-dead-letter"]
+    assert policy["apply-to"] == "queues"
+    assert policy["definition"] == {"max-length-bytes": topology.DEAD_LETTER_MAX_BYTES,
+                                    "overflow": "drop-head"}
+    # a policy, not an argument: the queue stays declarable with its type alone
+    (queue,) = [q for q in DEFS["queues"] if q["name"] == topology.DEAD_LETTER]
+    assert queue["arguments"] == {"x-queue-type": "quorum"}
+
+
+def test_no_queue_is_matched_by_two_policies() -> None:
+    for queue in DEFS["queues"]:
+        assert len(_policies_of(queue["name"])) <= 1, queue["name"]
+
+
+def test_scaling_overflow_is_dropped_not_dead_lettered() -> None:
+    (queue,) = [q for q in DEFS["queues"] if q["name"] == topology.SCALING]
+    args = queue["arguments"]
+    assert (args["x-max-length"], args["x-overflow"]) == (topology.SCALING_MAX_LENGTH, "drop-head")
+    assert not {"x-dead-letter-exchange", "x-dead-letter-routing-key"} & set(args)
+    assert not _policies_of(topology.SCALING)  # nor does a policy give it one
+
+
+def test_the_broker_refuses_messages_larger_than_the_code_assumes() -> None:
+    root = Path(__file__).resolve().parents[2]
+    conf = dict(line.split(" = ", 1) for line in (root / "deploy" / "rabbitmq" / "rabbitmq.conf")
+                .read_text().splitlines() if line and not line.startswith("#"))
+    assert int(conf["max_message_size"]) == topology.MAX_MESSAGE_BYTES
+    assert topology.MAX_BODY_BYTES < topology.MAX_MESSAGE_BYTES <= 512 * 1024 * 1024
+    # the stack's broker on the orchestrator host gets the same, and the Prometheus plugin
+    template = (root / "deploy" / "cloudformation" / "workerpool.yaml").read_text()
+    assert f"echo 'max_message_size = {topology.MAX_MESSAGE_BYTES}' >/etc/rabbitmq/rabbitmq.conf" \
+        in template
+    assert "echo '[rabbitmq_prometheus].' >/etc/rabbitmq/enabled_plugins" in template

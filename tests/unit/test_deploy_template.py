@@ -207,11 +207,13 @@ def test_the_user_data_is_one_valid_cloud_config_within_ec2s_16_kb(lt: str, mode
     assert len(text.encode()) <= 16 * 1024 - 1024, len(text.encode())
 
 
-@pytest.mark.parametrize("unit", sorted((ROOT / "deploy" / "systemd").glob("*.service")),
+@pytest.mark.parametrize("unit", [*sorted((ROOT / "deploy" / "systemd").glob("*.service")),
+                                  *sorted((ROOT / "deploy" / "systemd").glob("*.d/*.conf"))],
                          ids=lambda p: p.name)
 def test_the_orchestrator_installs_each_systemd_unit_verbatim(unit: Path) -> None:
     files = files_of("OrchestratorLaunchTemplate", "amazon-mq")
-    assert files[f"/etc/systemd/system/{unit.name}"]["content"] == unit.read_text(
+    relative = unit.relative_to(ROOT / "deploy" / "systemd").as_posix()
+    assert files[f"/etc/systemd/system/{relative}"]["content"] == unit.read_text(
         encoding="utf-8")
 
 

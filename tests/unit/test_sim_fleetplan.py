@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
+from sim.addresses import made_up_addresses
 from sim.fleetplan import FleetAction, MemberView, new_instances, plan
-from sim.vm import made_up_addresses
 
 
 def m(iid: str, state: str, first_seen: float = 0.0, **kw: object) -> MemberView:
