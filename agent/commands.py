@@ -1,4 +1,5 @@
-"""The agent's command queue ``workerpool.agent.<instance-id>``: per-lease passwords.
+"""The agent's command queue ``workerpool.agent.<instance-id>``: per-lease passwords, and
+lease notices from the reaper (``notice``: agent/notice.py).
 
 A dispatcher that leased this worker sends ``set_password`` with code-server's
 ``hashed-password`` (never the password). The agent writes it into CODE_SERVER_CONFIG
@@ -25,12 +26,20 @@ from pathlib import Path
 
 from agent.health import probe_code_server
 from agent.keys import AgentKey
+from agent.notice import Notices
 from shared import topology
-from shared.broker import Consumer, Delivery, from_senders
+from shared.broker import Consumer, Delivery, Handler, from_senders
 from shared.broker.delivery import PublishFn
 from shared.config import Settings
 from shared.errors import InvalidMessage, TransientError, Unroutable
-from shared.messages import PasswordSet, SetPassword, decode, now_sent_at
+from shared.messages import (
+    AgentCommand,
+    Notice,
+    PasswordSet,
+    SetPassword,
+    decode,
+    now_sent_at,
+)
 from shared.queues import command_queue
 
 log = logging.getLogger(__name__)
@@ -99,11 +108,11 @@ class PasswordCommands:
         try:
             cmd: SetPassword = decode(SetPassword, d.body)
         except InvalidMessage as exc:
-            log.warning("command rejected", extra={"instance_id": self.instance_id,
-                                                   "event": "command_rejected",
-                                                   "reason": exc.reason})
-            d.dead_letter(exc.reason)
+            _rejected(d, self.instance_id, exc)
             return
+        self.run(d, cmd)
+
+    def run(self, d: Delivery, cmd: SetPassword) -> None:
         ids = {"instance_id": self.instance_id, "command_id": cmd.command_id}
         error = self.apply(cmd.hashed_password)
         if error is not None:
@@ -153,6 +162,29 @@ class PasswordCommands:
             time.sleep(HEALTH_POLL)
 
 
+def _rejected(d: Delivery, instance_id: str, exc: InvalidMessage) -> None:
+    log.warning("command rejected", extra={"instance_id": instance_id,
+                                           "event": "command_rejected", "reason": exc.reason})
+    d.dead_letter(exc.reason)
+
+
+def command_handler(passwords: PasswordCommands, notices: Notices) -> Handler:
+    """The command queue's handler: each command to the part of the agent it is for."""
+
+    def handle(d: Delivery) -> None:
+        try:
+            cmd: SetPassword | Notice = decode(AgentCommand, d.body)
+        except InvalidMessage as exc:
+            _rejected(d, passwords.instance_id, exc)
+            return
+        if isinstance(cmd, Notice):
+            notices.handle(d, cmd)
+        else:
+            passwords.run(d, cmd)
+
+    return handle
+
+
 def listen(*, settings: Settings, connection_name: str, instance_id: str,
            code_server_url: str, key: AgentKey | None = None,
            tls: ssl.SSLContext | None = None) -> Consumer:
@@ -167,9 +199,11 @@ def listen(*, settings: Settings, connection_name: str, instance_id: str,
         restart_command=settings.code_server_restart_command,
         code_server_url=code_server_url, timeout=settings.password_confirm_seconds,
         exchange=settings.agent_exchange, publish=consumer.publish_here, key=key, tls=tls)
+    notices = Notices(instance_id=instance_id, wall_command=settings.agent_wall_command,
+                      notice_file=settings.agent_notice_file)
     # a command acts only from a service (PROTOCOL §2 v2): the VM's user knows the agents'
-    # broker credentials, and must not set another VM's password
-    consumer.subscribe_own(command_queue(instance_id),
-                           from_senders(settings.service_user_names, commands.handle))
+    # broker credentials, and must not set another VM's password or write to its terminals
+    consumer.subscribe_own(command_queue(instance_id), from_senders(
+        settings.service_user_names, command_handler(commands, notices)))
     threading.Thread(target=consumer.run, name="commands", daemon=True).start()
     return consumer

@@ -12,10 +12,11 @@ import random
 import ssl
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from agent import AGENT_VERSION
-from agent.health import probe_code_server
+from agent.health import probe
 from agent.heartbeat import (
     BeatState,
     Timing,
@@ -78,6 +79,8 @@ class Agent:
         self.state: BeatState | None = None
         self.waiting_for: str | None = "waiting for identity from IMDS"
         self.code_server: tuple[bool, str] = (False, "not probed yet")
+        #: the user's last activity in code-server (epoch s), from its /healthz (v2)
+        self.last_activity: float | None = None
 
     # --- /health checks (called from the health server's threads; read-only) ----------
     def heartbeat_check(self) -> tuple[bool, str]:
@@ -187,12 +190,15 @@ class Agent:
 
     def _heartbeat(self, healthy: bool) -> Heartbeat:
         assert self.identity is not None
+        active = self.last_activity
         return Heartbeat(type="heartbeat", instance_id=self.identity.instance_id,
-                         healthy=healthy, sent_at=now_sent_at())
+                         healthy=healthy, sent_at=now_sent_at(),
+                         last_activity=datetime.fromtimestamp(active, UTC) if active else None)
 
     def _probe(self) -> bool:
-        healthy, reason = probe_code_server(self._code_server_url, self.timing.probe_timeout,
-                                            tls=self.tls)
+        got = probe(self._code_server_url, self.timing.probe_timeout, tls=self.tls)
+        healthy, reason = got.healthy, got.reason
+        self.last_activity = got.last_activity
         if healthy != self.code_server[0]:
             level = logging.INFO if healthy else logging.WARNING
             log.log(level, "code-server %s", "healthy" if healthy else "unhealthy",

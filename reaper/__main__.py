@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from reaper.loop import Reaper
 from reaper.metrics import ReaperMetrics
+from reaper.notify import GIVE_UP_AFTER, Notifier
 from shared.asg import Asg
 from shared.aws import FAST
-from shared.broker import connect
+from shared.broker import Publisher, connect
+from shared.broker.admin import declare
 from shared.config import connection_name
 from shared.health import CachedCheck
 from shared.leader import Leadership
@@ -22,12 +24,18 @@ def main() -> int:
                                 ttl=s.lock_ttl_seconds)
         # every terminate and protection change is fenced: made only while the lock is ours
         asg = Asg.from_settings(s, policy=FAST, fence=leadership.fence)
-        reaper = Reaper(store=store, asg=asg, settings=s,
-                        metrics=ReaperMetrics(rt.health.registry), leadership=leadership)
+        metrics = ReaperMetrics(rt.health.registry)
+        # events for users (reaper/notify.py): published from this, the loop's thread
+        name = connection_name("reaper")
+        publisher = Publisher(s.amqp_url, name, give_up_after=GIVE_UP_AFTER)
+        notifier = Notifier(publisher=publisher, metrics=metrics, declare=lambda: declare(
+            s.amqp_url, name, give_up_after=GIVE_UP_AFTER))
+        reaper = Reaper(store=store, asg=asg, settings=s, metrics=metrics,
+                        leadership=leadership, notifier=notifier)
 
         def aws_probe() -> str:
-            store.ping()
-            asg.describe()
+            store.ping()  # quick calls: /health answers in seconds even while AWS hangs
+            asg.ping()
             return "ok"
 
         def broker_probe() -> str:
@@ -36,11 +44,13 @@ def main() -> int:
 
         rt.health.add_check("aws", CachedCheck(aws_probe))
         rt.health.add_check("broker", CachedCheck(broker_probe))
-        rt.ready(reap_interval=s.reap_interval, owner=leadership.owner)
+        rt.ready(reap_interval=s.reap_interval, owner=leadership.owner,
+                 idle_seconds=s.idle_seconds, warn_before_seconds=s.warn_before_seconds)
         try:
             reaper.run(rt)
         finally:
             leadership.resign()  # a clean stop hands over at once, not after LOCK_TTL
+            publisher.close()
     return 0
 
 

@@ -1,12 +1,17 @@
 """The reaper's actions, each a conditional write (or a fenced AWS call) that either wins
 cleanly or loses and changes nothing: ``Actions.apply`` returns done, lost (a race lost: a
-renew, a heartbeat, a registration came first), or gone (an earlier pass finished it)."""
+renew, a heartbeat, a registration came first), or gone (an earlier pass finished it).
+A lease the reaper ends (expired, idle) is announced to its user (``lease_ended``), and a
+``Notify`` is remembered on the lease before it is sent (reaper/notify.py)."""
 
 from __future__ import annotations
 
 import logging
 
+from reaper.clocks import LeaseClocks
+from reaper.ending import ExpireIdle, Notify, ended_event, notice_event
 from reaper.metrics import ReaperMetrics
+from reaper.notify import Notifier
 from reaper.rules import (
     Action,
     Expire,
@@ -18,7 +23,8 @@ from reaper.rules import (
     TrackBooting,
 )
 from shared.asg import Asg
-from shared.errors import AwsError, ConditionFailed
+from shared.errors import AwsError, AwsUnavailable, ConditionFailed
+from shared.messages.events import EndReason
 from shared.state import Worker
 from shared.store import Store
 
@@ -36,13 +42,20 @@ class Actions:
     """``known``: the instance ids with an item, shared with the loop (kept current)."""
 
     def __init__(self, *, store: Store, asg: Asg, metrics: ReaperMetrics,
-                 known: set[str]) -> None:
+                 known: set[str], notifier: Notifier | None = None,
+                 clocks: LeaseClocks | None = None) -> None:
         self.store, self.asg, self.metrics, self.known = store, asg, metrics, known
+        self.notifier = notifier or Notifier(publisher=None, metrics=metrics)
+        self.clocks = clocks or LeaseClocks(store.table)
 
     def apply(self, action: Action, now: float) -> str:
         """Carry out one action; ``lost`` when a conditional write lost its race."""
         if isinstance(action, Expire):
             return self._expire(action.worker, now)
+        if isinstance(action, ExpireIdle):
+            return self._expire_idle(action, now)
+        if isinstance(action, Notify):
+            return self._notify(action, now)
         if isinstance(action, MarkDead):
             return self._mark_dead(action.worker, now)
         if isinstance(action, Retire):
@@ -66,7 +79,49 @@ class Actions:
         self.metrics.leases_expired.inc()
         log.info("lease expired", extra={**_ids(w), "event": "lease_expired",
                                          "lease_expiry": w.lease_expiry})
+        self._ended(w, "expiry", w.lease_expiry, now)
         return DONE
+
+    def _expire_idle(self, a: ExpireIdle, now: float) -> str:
+        w = a.worker
+        try:
+            self.clocks.expire_idle(a.clock, now=now)
+        except ConditionFailed:
+            self.metrics.races_lost.inc()
+            log.info("lease renewed or used meanwhile; not reclaimed for idleness",
+                     extra={**_ids(w), "event": "idle_lost"})
+            return LOST
+        self.store.leases.forget_user(w.user_id, w.instance_id)
+        self.metrics.leases_idle.inc()
+        since = a.clock.idle_since
+        log.info("lease ended: idle", extra={
+            **_ids(w), "event": "lease_idle", "last_activity": a.clock.last_activity,
+            "idle_seconds": round(now - since, 3) if since else None})
+        self._ended(w, "idle", a.end.at, now)
+        return DONE
+
+    def _ended(self, w: Worker, reason: EndReason, ended: float, now: float) -> None:
+        event = ended_event(w, reason, ended, now)
+        if event is not None:
+            self.notifier.send(event)  # at most once: the write that ended it won once
+
+    def _notify(self, n: Notify, now: float) -> str:
+        """Remember the notice (conditional: once per lease and end, whatever the reapers),
+        then send it; if the broker did not take it, forget it for the next pass."""
+        try:
+            self.clocks.set_notice(n.clock, n.key, now=now)
+        except ConditionFailed:
+            log.debug("lease changed, or notified meanwhile; not notified",
+                      extra={**_ids(n.worker), "notice": n.kind})
+            return LOST
+        if self.notifier.send(notice_event(n, now)):
+            return DONE
+        try:
+            self.clocks.undo_notice(n.worker.instance_id, sent=n.key, previous=n.clock.notice)
+        except (ConditionFailed, AwsError, AwsUnavailable) as exc:
+            log.warning("notice not sent and not forgotten: it is lost",
+                        extra={**_ids(n.worker), "notice": n.kind, "error": str(exc)})
+        return FAILED
 
     def _mark_dead(self, w: Worker, now: float) -> str:
         try:

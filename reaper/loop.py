@@ -1,7 +1,8 @@
 """The reaper's loop: read a snapshot, ``rules.plan`` it, apply the actions one by one.
 
-Every write is conditional (shared/store/, reaper/actions.py), so a pass that races a dispatcher, another
-reaper or its own earlier crashed self either wins cleanly or loses and changes nothing.
+Every write is conditional (shared/store/, reaper/actions.py), so a pass that races a
+dispatcher, another reaper or its own earlier crashed self either wins cleanly or loses and
+changes nothing.
 A lost race on an instance skips that instance's remaining actions for this pass.
 """
 
@@ -13,7 +14,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from reaper.actions import FAILED, LOST, Actions
+from reaper.clocks import LeaseClocks
 from reaper.metrics import ReaperMetrics
+from reaper.notify import Notifier
 from reaper.rules import (
     Action,
     Snapshot,
@@ -27,6 +30,7 @@ from shared.config import Settings
 from shared.errors import AwsError, AwsUnavailable, LockLost
 from shared.leader import Leadership
 from shared.store import Store
+from shared.store.workers import LeaseClock
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,17 @@ class Reaper:
     def __init__(self, *, store: Store, asg: Asg, settings: Settings,
                  metrics: ReaperMetrics | None = None, leadership: Leadership | None = None,
                  clock: Clock | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 notifier: Notifier | None = None) -> None:
         self.store, self.asg, self.settings = store, asg, settings
         self.metrics = metrics or ReaperMetrics()
         self.leadership = leadership
         self.clock = clock or SystemClock()
         self.monotonic = monotonic
         self.known: set[str] = set()
-        self.actions = Actions(store=store, asg=asg, metrics=self.metrics, known=self.known)
+        self.clocks = LeaseClocks(store.table)
+        self.actions = Actions(store=store, asg=asg, metrics=self.metrics, known=self.known,
+                               notifier=notifier, clocks=self.clocks)
         self._next_sweep = 0.0  # the first pass (after start or takeover) sweeps
         self._refreshed_at = 0.0
         self._aws_failed = False  # our last pass could not reach AWS
@@ -73,11 +80,24 @@ class Reaper:
         draining, dead, booting = (workers.by_status("draining"), workers.by_status("dead"),
                                    workers.by_status("booting"))
         everything = tuple(workers.all()) if sweep else None
+        leases = self._lease_clocks(now, sweep=sweep)
         asg = self.asg.describe()
         return Snapshot(asg=asg, expired=tuple(expired), stale=tuple(stale),
                         draining=tuple(draining), dead=tuple(dead), booting=tuple(booting),
                         everything=everything, known_ids=frozenset(self.known),
-                        recovered_at=self.recovered_at, live_workers=self.live_workers)
+                        recovered_at=self.recovered_at, live_workers=self.live_workers,
+                        leases=tuple(leases))
+
+    def _lease_clocks(self, now: float, *, sweep: bool) -> list[LeaseClock]:
+        """Every lease when IDLE_SECONDS is on (idleness is not indexed); for warnings
+        alone, those ending within WARN_BEFORE_SECONDS, and every lease on sweep passes (an
+        announced end that a renew moved away is seen there, and said so)."""
+        s = self.settings
+        if s.idle_seconds > 0 or (s.warn_before_seconds > 0 and sweep):
+            return self.clocks.read()
+        if s.warn_before_seconds > 0:
+            return self.clocks.read(ending_before=now + s.warn_before_seconds)
+        return []
 
     # --- one pass ----------------------------------------------------------------------
     def run_pass(self, now: float | None = None,
@@ -95,6 +115,7 @@ class Reaper:
         self.known |= {w.instance_id for w in (*snapshot.expired, *snapshot.stale,
                                                 *snapshot.draining, *snapshot.dead,
                                                 *snapshot.booting)}
+        self.known |= {c.worker.instance_id for c in snapshot.leases}
         actions = plan(snapshot, now, self.settings)
         done: list[tuple[Action, str]] = []
         skip: set[str] = set()

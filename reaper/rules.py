@@ -7,7 +7,8 @@ deadline (items linger for days after it; emulators may never delete them).
 
 Rules, in the order their actions are applied:
 
-1. an expired lease (leased, ``0 < leaseExpiry <= now``): Expire, then Recycle;
+1. an expired lease (leased, ``0 < leaseExpiry <= now``): Expire, then Recycle; with
+   IDLE_SECONDS, a lease idle that long (reaper/ending.py): ExpireIdle, then Recycle;
 2. a silent worker (free or leased, no heartbeat for HEARTBEAT_TIMEOUT): MarkDead, then
    Recycle; an expired lease that is also silent is expired, not reported as lost. Silence
    is counted from our own recovery when AWS was unreachable (heartbeats could not be
@@ -23,15 +24,20 @@ Rules, in the order their actions are applied:
    Retire then Recycle, so its tombstone keeps it from ever coming back as a free worker
    with the last user's disk; a free worker unhealthy for UNHEALTHY_GRACE_SECONDS: Retire
    then Recycle without decrement (the ASG replaces it);
-6. a live ASG instance that the table does not know: TrackBooting.
+6. a live ASG instance that the table does not know: TrackBooting;
+7. a lease nothing above acts on, WARN_BEFORE_SECONDS from its end or whose announced end
+   moved: Notify (reaper/ending.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from reaper.ending import ExpireIdle, Notify, lease_actions
 from shared.config import Settings
 from shared.state import AsgState, Worker
+from shared.store.workers import LeaseClock
 
 #: ``reason`` that store.mark_dead writes for a booting item: such a worker was never
 #: handed out, so it is replaced (no decrement) rather than recycled (decrement).
@@ -64,6 +70,8 @@ class Snapshot:
     recovered_at: float | None = None
     #: Free and leased workers at the last sweep (how big "most of the pool" is).
     live_workers: int = 0
+    #: Leases with their clocks, for idle reclaim and notices (empty when both are off).
+    leases: tuple[LeaseClock, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,8 +130,11 @@ class TrackBooting:
     instance_id: str
 
 
-Action = (Expire | MarkDead | Retire | Recycle | ReplaceNeverBooted | RemoveOrphan
-          | TrackBooting)
+#: ``take(worker)``: True the first time an instance is claimed by a rule in this pass.
+Take = Callable[[Worker], bool]
+
+Action = (Expire | ExpireIdle | MarkDead | Retire | Recycle | ReplaceNeverBooted
+          | RemoveOrphan | TrackBooting | Notify)
 
 
 def lease_expired(w: Worker, now: float) -> bool:
@@ -175,6 +186,8 @@ def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
         if lease_expired(w, now) and take(w):
             actions += [Expire(w), Recycle(w.instance_id, w.user_id, "expired",
                                            in_group=w.instance_id in live)]
+    idle, notices = _lease_clocks(snapshot, now, settings, take)
+    actions += idle
     dying = [w for w in snapshot.stale if silent(w, now, settings, snapshot.recovered_at)
              and w.instance_id not in handled]
     if not mass_silence(len(dying), live_workers(snapshot)):
@@ -194,6 +207,31 @@ def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
             actions.append(RemoveOrphan(w))
         elif boot_timed_out(w, now, settings) and take(w):
             actions.append(ReplaceNeverBooted(w))
+    actions += _swept(snapshot, now, settings, take)
+    actions += untracked(snapshot)
+    return actions + [n for n in notices if take(n.worker)]
+
+
+def _lease_clocks(snapshot: Snapshot, now: float, settings: Settings, take: Take
+                  ) -> tuple[list[Action], list[Notify]]:
+    """Rule 1 for idleness (ExpireIdle, Recycle), and rule 7's candidates (reaper/ending.py)."""
+    live = snapshot.asg.live_ids
+    reclaim: list[Action] = []
+    notices: list[Notify] = []
+    for c in snapshot.leases:
+        for a in lease_actions(c, now, settings):
+            if isinstance(a, Notify):
+                notices.append(a)
+            elif take(a.worker):
+                reclaim += [a, Recycle(a.worker.instance_id, a.worker.user_id, "idle",
+                                       in_group=a.worker.instance_id in live)]
+    return reclaim, notices
+
+
+def _swept(snapshot: Snapshot, now: float, settings: Settings, take: Take) -> list[Action]:
+    """Rule 5, on sweep passes: workers out of the group, free workers unhealthy too long."""
+    live = snapshot.asg.live_ids
+    actions: list[Action] = []
     for w in snapshot.everything or ():
         if w.instance_id in live or w.status not in ("booting", "free", "leased"):
             if unhealthy_too_long(w, now, settings) and take(w):
@@ -205,17 +243,20 @@ def plan(snapshot: Snapshot, now: float, settings: Settings) -> list[Action]:
         elif take(w):  # free or leased, out of the group: never to come back as it is
             actions += [Retire(w, LEFT_REASON),
                         Recycle(w.instance_id, w.user_id, LEFT_REASON, in_group=False)]
+    return actions
 
+
+def untracked(snapshot: Snapshot) -> list[Action]:
+    """Rule 6: a live ASG instance that the table does not know gets a booting item."""
     seen = {w.instance_id for w in (*snapshot.expired, *snapshot.stale, *snapshot.draining,
                                     *snapshot.dead, *snapshot.booting)}
+    seen |= {c.worker.instance_id for c in snapshot.leases}
     if snapshot.everything is not None:
         known = {w.instance_id for w in snapshot.everything} | seen
     else:
         known = set(snapshot.known_ids) | seen
-    for inst in snapshot.asg.instances:
-        if not inst.leaving and inst.instance_id not in known:
-            actions.append(TrackBooting(inst.instance_id))
-    return actions
+    return [TrackBooting(inst.instance_id) for inst in snapshot.asg.instances
+            if not inst.leaving and inst.instance_id not in known]
 
 
 def instance_of(action: Action) -> str:

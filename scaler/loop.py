@@ -21,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from scaler.actions import Actions
+from scaler.demand import WarmTarget
 from scaler.feed import EventFeed
+from scaler.memory import PoolMemory
 from scaler.metrics import ScalerMetrics
 from scaler.policy import (
     Arriving,
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 BURST_QUIET_SECONDS = 0.2
 BURST_MAX_SECONDS = 1.0
 TICK_SECONDS = 0.05
+#: the learned memory is noted on the lock item with each raise, when a circuit opens or
+#: closes, on stepping down, and at least this often
+NOTE_SECONDS = 30.0
 
 
 class Scaler:
@@ -73,6 +78,13 @@ class Scaler:
         self.last: LastScale | None = None  # our (or our predecessor's) last raise
         self.book = WaitingBook()
         self.surplus_since: float | None = None
+        self.memory = PoolMemory()  # arrivals, boot times, capacity circuits
+        self.warm = WarmTarget(settings.target_available, "not computed yet")
+        self.noted: tuple[float, object] | None = None  # when, and the circuits noted
+        #: free workers at the last count, less the leases heard of since: a lease that
+        #: takes the pool below target brings the next reconcile forward (no dispatcher
+        #: counts the pool for us)
+        self.free_estimate: int | None = None
         self.due_at = 0.0  # next scheduled reconcile
         self.burst: tuple[float, float] | None = None  # (first event, reconcile due)
         self.status: dict[str, Any] = {"active": leadership is None}
@@ -95,6 +107,8 @@ class Scaler:
         finally:
             self._stand_down()
             if self.leadership is not None:
+                if self.leadership.active:
+                    self.leadership.note(**self.memory.notes())
                 self.leadership.resign()
 
     def _lead(self, now: float) -> None:
@@ -102,6 +116,9 @@ class Scaler:
         if active and self.feed is None and self.open_feed is not None:
             self.feed = self.open_feed()
             self.resume(self._recalled())  # the previous scaler's cooldown still runs
+            if self.leadership is not None and self.memory.restore(self.leadership.notes, now):
+                log.info("took over the pool's memory", extra={
+                    "event": "resumed_memory", **self.memory.status(now)})
             self.due_at = now  # reconcile at once: the previous scaler may be long gone
         elif not active:
             self._stand_down()
@@ -135,7 +152,16 @@ class Scaler:
     def _remember(self, last: LastScale) -> None:
         if self.leadership is not None:
             self.leadership.note(lastScaleAt=last.at, lastScaleDesired=last.desired,
-                                 lastScaleMissing=last.missing)
+                                 lastScaleMissing=last.missing, **self.memory.notes())
+            self.noted = (last.at, self.memory.circuits)
+
+    def _note_memory(self, now: float) -> None:
+        """What the pool taught us, for a successor (one UpdateItem, now and then)."""
+        if self.leadership is None or (self.noted is not None and now - self.noted[0] <
+                                       NOTE_SECONDS and self.noted[1] == self.memory.circuits):
+            return
+        self.leadership.note(**self.memory.notes())
+        self.noted = (now, self.memory.circuits)
 
     # --- events -----------------------------------------------------------------------
     def handle(self, event: ShortageEvent | LeasedEvent, now: float) -> None:
@@ -143,14 +169,24 @@ class Scaler:
         lease decrement, which the next report corrects)."""
         self.metrics.events.labels(event.type).inc()
         sent = event.sent_at.timestamp()
-        if isinstance(event, LeasedEvent):
-            self.book = self.book.leased(sent)
-            self.actions.protect_now(event.instance_id)
+        if isinstance(event, LeasedEvent):  # one event per dispatcher batch of leases
+            for _ in event.leased_ids():
+                self.book = self.book.leased(sent)
+                self.memory.leased(sent, self.settings.demand_window_seconds)  # a claim
+            self.actions.protect_now(event.leased_ids())
+            if self.free_estimate is not None:
+                self.free_estimate -= len(event.leased_ids())
+                if self.free_estimate < self.warm.target:
+                    self._soon(now)
             return
         self.book = self.book.reported(event.waiting, sent, now, event.reporter or "")
         if self.settings.scale_strategy == "naive":
             self.reconcile(now, trigger="event")
             return
+        self._soon(now)
+
+    def _soon(self, now: float) -> None:
+        """Reconcile once the burst of events this one belongs to has settled."""
         first = now if self.burst is None else self.burst[0]
         self.burst = (first, min(first + BURST_MAX_SECONDS, now + BURST_QUIET_SECONDS))
 
@@ -177,9 +213,16 @@ class Scaler:
                         draining=len(workers["draining"]), dead=len(workers["dead"]),
                         booting=coming.total,
                         waiting=self.book.current(now, self.settings.claim_wait_seconds))
+        self.free_estimate = counts.free
+        self.memory.observe(state, [w for st in STATUSES for w in workers[st]], now,
+                            self.last.at if self.last else None,
+                            self.settings.boot_timeout_seconds)
+        first = (state.instance_types or self.settings.instance_types)[0]
+        self.warm = self.memory.warm(now, self.settings, first)
         d = decide(counts, AsgView(state.desired, state.min_size, state.max_size), self.last,
                    now, self.settings, trigger=trigger,  # type: ignore[arg-type]
-                   free_workers=free, surplus_since=self.surplus_since)
+                   free_workers=free, surplus_since=self.surplus_since,
+                   target=self.warm.target)
         self.surplus_since = d.surplus_since
         desired = state.desired
         if d.set_desired is not None:
@@ -190,10 +233,14 @@ class Scaler:
         self.actions.protect(state, [w.instance_id for w in workers["leased"]])
         if d.drain is not None:
             self.actions.drain([w for w in free if w.instance_id == d.drain][0], now)
-        self.actions.watch_launches(self.last, now)
+        failed = self.actions.watch_launches(self.last, now)
+        self.actions.steer(self.memory, state, failed, self.settings.instance_types, now,
+                           self.settings.capacity_cool_off_seconds)
         self.actions.tell_capacity(counts, coming, desired, state.max_size)
         self.actions.record(counts, d, desired, state.max_size, time.monotonic() - started,
                             self.status, self.last)
+        self.actions.record_memory(self.warm, self.memory, self.status, now)
+        self._note_memory(now)
         return d
 
     def _raise(self, d: Decision, was: int, counts: Counts, now: float) -> None:
@@ -204,7 +251,10 @@ class Scaler:
         self.metrics.scale_calls.inc()
         log.info("desired capacity raised", extra={
             "event": "scale", "decided_at": now, "desired": d.set_desired, "was": was,
-            "missing": d.missing, "reason": d.reason, **counts.__dict__})
+            "missing": d.missing, "reason": d.reason, **counts.__dict__,
+            "target": self.warm.target, "target_mode": self.warm.mode,
+            "target_reason": self.warm.reason, "forecast_per_min": self.warm.per_minute,
+            "p90_ready_s": self.warm.p90_ready_seconds})
 
 
 def guarded(fn: Callable[[], Any], what: str, metrics: ScalerMetrics) -> None:

@@ -1,4 +1,7 @@
-"""The scaler's Prometheus metrics, on the registry its /metrics serves."""
+"""The scaler's Prometheus metrics, on the registry its /metrics serves.
+
+Names follow Prometheus's conventions (docs/monitoring.md): ``_total`` on counters, the unit
+as a suffix, and the Auto Scaling Group's own figures named as the ASG's."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ class ScalerMetrics:
         r = registry
         self.scale_calls = Counter("workerpool_scale_calls_total",
                                    "SetDesiredCapacity calls made", registry=r)
-        self.desired = Gauge("workerpool_desired_capacity", "the ASG's DesiredCapacity",
-                             registry=r)
-        self.max_size = Gauge("workerpool_max_size", "the ASG's MaxSize", registry=r)
+        self.desired = Gauge("workerpool_asg_desired_capacity",
+                             "the ASG's DesiredCapacity, as last read or set", registry=r)
+        self.max_size = Gauge("workerpool_asg_max_size", "the ASG's MaxSize, as last read",
+                              registry=r)
         self.missing = Gauge("workerpool_missing_workers",
                              "TARGET_AVAILABLE + waiting - free - booting (>= 0)", registry=r)
         self.workers = Gauge("workerpool_scaler_workers", "workers by status, as counted",
@@ -40,4 +44,18 @@ class ScalerMetrics:
         self.refused = Counter("workerpool_refused_messages_total",
                                "events refused and dead-lettered, by reason", ["reason"],
                                registry=r)
+        self.warm_target = Gauge("workerpool_warm_target",
+                                 "free workers the scaler keeps (fixed or learned)", registry=r)
+        self.claims_per_minute = Gauge("workerpool_forecast_claims_per_minute",
+                                       "forecast claim arrivals (learned warm target)",
+                                       registry=r)
+        self.ready_p90 = Gauge("workerpool_time_to_ready_p90_seconds",
+                               "p90 launch-to-registration time of the type launched first",
+                               registry=r)
+        self.circuits_open = Gauge("workerpool_capacity_circuits_open",
+                                   "instance type/zone pairs kept back after capacity errors",
+                                   registry=r)
+        self.circuits_opened = Counter("workerpool_capacity_circuits_opened_total",
+                                       "capacity circuits opened", ["instance_type", "zone"],
+                                       registry=r)
         self.capacity_ok.set(1)

@@ -89,14 +89,17 @@ def missing_workers(c: Counts, target: int) -> int:
 
 def decide(c: Counts, asg: AsgView, last: LastScale | None, now: float,
            settings: PolicySettings, *, trigger: Trigger = "reconcile",
-           free_workers: Sequence[Worker] = (), surplus_since: float | None = None
-           ) -> Decision:
-    """The scale-out call to make (if any), whether capacity can grow, and a surplus drain."""
+           free_workers: Sequence[Worker] = (), surplus_since: float | None = None,
+           target: int | None = None) -> Decision:
+    """The scale-out call to make (if any), whether capacity can grow, and a surplus drain.
+    ``target``: the free workers to keep (the warm target, scaler/demand.py); default
+    TARGET_AVAILABLE."""
+    target = settings.target_available if target is None else target
     if settings.scale_strategy == "naive":
-        out = _naive(c, asg, settings, trigger)
+        out = _naive(c, asg, target, trigger)
     else:
-        out = _missing(c, asg, last, now, settings)
-    drain, since = _surplus(c, now, settings, free_workers, surplus_since)
+        out = _missing(c, asg, last, now, settings, target)
+    drain, since = _surplus(c, now, settings, target, free_workers, surplus_since)
     return Decision(**{**out.__dict__, "drain": drain, "surplus_since": since})
 
 
@@ -109,8 +112,7 @@ def _capacity(c: Counts, asg: AsgView, want: int, target: int) -> tuple[bool, st
 
 
 def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
-             settings: PolicySettings) -> Decision:
-    target = settings.target_available
+             settings: PolicySettings, target: int) -> Decision:
     missing = missing_workers(c, target)
     want = asg.desired + missing
     ok, why = _capacity(c, asg, want, target)
@@ -132,10 +134,9 @@ def _missing(c: Counts, asg: AsgView, last: LastScale | None, now: float,
                     f"{asg.desired} -> {clamped}", **base)
 
 
-def _naive(c: Counts, asg: AsgView, settings: PolicySettings, trigger: Trigger) -> Decision:
+def _naive(c: Counts, asg: AsgView, target: int, trigger: Trigger) -> Decision:
     """The old system's rule, for the benchmark only: +1 per shortage event, no cooldown,
     booting machines ignored."""
-    target = settings.target_available
     short = c.free < target + c.waiting
     want = asg.desired + 1 if short else asg.desired
     ok, why = _capacity(c, asg, want, target)
@@ -146,14 +147,15 @@ def _naive(c: Counts, asg: AsgView, settings: PolicySettings, trigger: Trigger) 
     return Decision(set_desired=want, reason="naive: +1 for a shortage event", **base)
 
 
-def _surplus(c: Counts, now: float, settings: PolicySettings, free_workers: Sequence[Worker],
-             since: float | None) -> tuple[str | None, float | None]:
+def _surplus(c: Counts, now: float, settings: PolicySettings, target: int,
+             free_workers: Sequence[Worker], since: float | None
+             ) -> tuple[str | None, float | None]:
     """Free workers above target + waiting for SCALE_IN_IDLE_SECONDS: give back one.
 
     One per reconcile (the reaper terminates it with decrement); the clock keeps running
     while the surplus lasts, and restarts from zero the moment it ends.
     """
-    if c.free <= settings.target_available + c.waiting:
+    if c.free <= target + c.waiting:
         return None, None
     since = now if since is None else since
     if now - since < settings.scale_in_idle_seconds:

@@ -2,7 +2,8 @@
 
 Watches the ASG (the emulator at AWS_ENDPOINT_URL) every ~0.5 s. For each instance that
 appears, after FLEET_BOOT_DELAY seconds, it starts a real ``python -m agent`` with its own
-FakeImds (that instance's id, and its IPs, type and zone from the emulated EC2) and
+FakeImds (that instance's id, and its private IP, type and zone from the emulated EC2; its
+public IP a documentation address standing in for EC2's, sim/addresses.py) and
 FakeCodeServer (sim/vm.py). When the instance leaves the ASG, its agent gets SIGTERM (so it
 deregisters, as at a shutdown).
 
@@ -12,18 +13,26 @@ each with the ``instance_id`` of its VM and ``"vm": true``.
 Control API (for tests and demos) on FLEET_CONTROL_PORT (0: a free port, logged in the
 ready line as ``control_port``), see sim/fleetctl.py. FLEET_FAIL_BOOT=<n> makes the
 first n instances fail to boot; FLEET_FAIL_BOOT=i-a,i-b names them.
+
+A new instance gets the group's first mixed-instances override as its type (moto launches
+the launch template's) and a boot delay drawn for that type (FLEET_BOOT_TIMES, FLEET_SEED).
+With FLEET_CAPACITY_ERRORS (or the control API) its type and zone may lack capacity: it fails
+to launch as on AWS (sim/fleetplan.py ``activity``, GET /activities).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +41,12 @@ from shared.asg import Asg
 from shared.config import Settings
 from shared.errors import WorkerpoolError
 from shared.runtime import Runtime
+from sim.addresses import PublicIps, made_up_addresses
 from sim.fakes import FakeCodeServer, FakeImds
 from sim.fleetctl import ControlServer
-from sim.fleetplan import new_instances, plan
+from sim.fleetplan import activity, boot_delay, launch_error, new_instances, options, plan
 from sim.identity import IdentityAuthority
-from sim.vm import SimVm, agent_env, made_up_addresses, start_agent
+from sim.vm import SimVm, agent_env, start_agent
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,9 @@ STOP_GRACE = 7.0  # SIGTERM → SIGKILL for agents when the fleet stops (fleet e
 class Fleet:
     def __init__(self, *, settings: Settings, asg: Asg, fail_boot: set[str],
                  fail_next: int, authority: IdentityAuthority | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, boot_times: dict[str, tuple[float, float]] | None = None,
+                 capacity_errors: dict[tuple[str, str], str] | None = None,
+                 seed: int | None = None) -> None:
         self.settings = settings
         self.authority = authority  # signs each VM's identity document (FLEET_IDENTITY_KEY)
         self.tls = tls  # code-server over https, as on a real VM (FLEET_TLS)
@@ -55,6 +67,11 @@ class Fleet:
         self.fail_boot = fail_boot
         self.fail_next = fail_next
         self.vms: dict[str, SimVm] = {}
+        self.public_ips = PublicIps()  # RFC 5737 stand-ins for EC2's public IPs
+        self.boot_times = boot_times or {}  # type -> (median, p90) seconds
+        self.capacity_errors = capacity_errors or {}  # (type, zone) -> AWS error code
+        self.activities: deque[dict[str, Any]] = deque(maxlen=100)  # newest last
+        self.rng = random.Random(seed)
         self.lock = threading.RLock()
         self.last_describe_ok: float | None = None
         self._out_lock = threading.Lock()
@@ -63,7 +80,8 @@ class Fleet:
     # --- one pass ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
         try:
-            live = self.asg.describe().live_ids
+            state = self.asg.describe()
+            live = state.live_ids
         except WorkerpoolError as exc:
             log.warning("cannot describe the ASG; retrying", extra={"error": str(exc)})
             return
@@ -71,13 +89,7 @@ class Fleet:
         with self.lock:
             self._reap(now)
             for iid in new_instances(self.vms, live):
-                self.vms[iid] = SimVm(iid, first_seen=now)
-                if self.fail_next > 0:
-                    self.fail_next -= 1
-                    self.fail_boot.add(iid)
-                log.info("instance appeared; booting", extra={
-                    "instance_id": iid, "boot_delay": self.settings.fleet_boot_delay,
-                    "will_fail_boot": iid in self.fail_boot})
+                self._appeared(SimVm(iid, first_seen=now), state.instance_types)
             views = {iid: vm.view() for iid, vm in self.vms.items()}
             for action in plan(views, live, now, boot_delay=self.settings.fleet_boot_delay,
                                fail_boot=self.fail_boot):
@@ -90,6 +102,34 @@ class Fleet:
                              extra={"instance_id": vm.instance_id})
                 else:
                     self._stop(vm, "instance left the ASG")
+
+    def _appeared(self, vm: SimVm, types: tuple[str, ...]) -> None:
+        """A new instance: its type (the group's first choice), then a failed launch (its
+        type and zone lack capacity) or a boot of the delay drawn for its type."""
+        iid = vm.instance_id
+        self.vms[iid], vm.addresses = vm, self._addresses(iid)
+        itype = vm.addresses["instance_type"] = (types or (vm.addresses["instance_type"],))[0]
+        zone = vm.addresses["availability_zone"]
+        code = launch_error(itype, zone, self.capacity_errors)
+        self.activities.append(activity(iid, zone, datetime.now(UTC).isoformat(), code, itype))
+        if code is not None:
+            vm.state = "launch_failed"
+            self.public_ips.release(iid)
+            log.info("instance failed to launch (simulated %s)", code, extra={
+                "instance_id": iid, "instance_type": itype, "zone": zone})
+            try:  # AWS never had it; moto launches the replacement AWS would retry with
+                self.asg.terminate(iid, decrement=False)
+            except WorkerpoolError as exc:
+                log.warning("could not drop the failed instance", extra={"error": str(exc)})
+            return
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            self.fail_boot.add(iid)
+        vm.boot_delay = boot_delay(itype, self.boot_times, self.settings.fleet_boot_delay,
+                                   self.rng.random())
+        log.info("instance appeared; booting", extra={
+            "instance_id": iid, "boot_delay": vm.boot_delay, "instance_type": itype,
+            "will_fail_boot": iid in self.fail_boot})
 
     def _reap(self, now: float) -> None:
         for vm in self.vms.values():
@@ -110,16 +150,21 @@ class Fleet:
     def _addresses(self, iid: str) -> dict[str, Any]:
         try:  # the emulated EC2 gives every instance IPs: the pool hands out what EC2 says
             found = self.asg.instance_addresses(iid)
-            return {**found, "instance_type": found["instance_type"] or "t3.medium",
-                    "availability_zone": found["availability_zone"] or "us-east-1a"}
+            addresses = {**found, "instance_type": found["instance_type"] or "t3.medium",
+                         "availability_zone": found["availability_zone"] or "us-east-1a"}
         except Exception as exc:  # any failure: made-up but stable values
             log.info("no EC2 description; using made-up IPs",
                      extra={"instance_id": iid, "error": repr(exc)[:200]})
-            return made_up_addresses(iid)
+            addresses = made_up_addresses(iid)
+        # ...except its public IP: moto's are real AWS addresses (54.214.0.0/16). The VM's
+        # IMDS and certificate get a documentation one (RFC 5737), so the registration, the
+        # claim reply's URL and TLS all name it (sim/addresses.py)
+        addresses["public_ip"] = self.public_ips.assign(iid, addresses["public_ip"])
+        return addresses
 
     def _start(self, vm: SimVm) -> None:
         if vm.imds is None:
-            vm.addresses = self._addresses(vm.instance_id)
+            vm.addresses = vm.addresses or self._addresses(vm.instance_id)
             vm.imds = FakeImds(instance_id=vm.instance_id, authority=self.authority,
                                **vm.addresses).start()
             tls_dir = None
@@ -136,7 +181,8 @@ class Fleet:
         start_agent(vm, env, self._out_lock)
         assert vm.proc is not None
         log.info("agent started", extra={"instance_id": vm.instance_id, "pid": vm.proc.pid,
-                                         "imds": vm.imds.url, "starts": vm.starts})
+                                         "imds": vm.imds.url, "starts": vm.starts,
+                                         "public_ip": vm.addresses.get("public_ip")})
 
     def _stop(self, vm: SimVm, why: str) -> None:
         proc = vm.proc
@@ -156,6 +202,7 @@ class Fleet:
             if fake is not None:
                 fake.stop()
         vm.imds = vm.code_server = None
+        self.public_ips.release(vm.instance_id)
 
     # --- control (from the control server's threads) ----------------------------------
     def control(self, iid: str, verb: str) -> tuple[int, dict[str, Any]]:
@@ -187,6 +234,7 @@ class Fleet:
             self.fail_next += n
             return {"fail_next": self.fail_next}
 
+
     def listing(self) -> list[dict[str, Any]]:
         with self.lock:
             return [vm.describe() for vm in self.vms.values()]
@@ -211,25 +259,14 @@ class Fleet:
         shutil.rmtree(self.config_dir, ignore_errors=True)
 
 
-def parse_fail_boot(value: str) -> tuple[set[str], int]:
-    """FLEET_FAIL_BOOT: ``"2"`` (the first two instances) or ``"i-a,i-b"`` (those)."""
-    value = value.strip()
-    if not value:
-        return set(), 0
-    if value.isdigit():
-        return set(), int(value)
-    return {v.strip() for v in value.split(",") if v.strip()}, 0
-
-
 def main() -> int:
     with Runtime("fleet") as rt:
         s = rt.settings
-        fail_ids, fail_next = parse_fail_boot(os.environ.get("FLEET_FAIL_BOOT", ""))
         key = os.environ.get("FLEET_IDENTITY_KEY")
-        fleet = Fleet(settings=s, fail_boot=fail_ids, fail_next=fail_next,
-                      asg=Asg.from_settings(s),
+        fleet = Fleet(settings=s, asg=Asg.from_settings(s),
                       authority=IdentityAuthority.from_key_file(key) if key else None,
-                      tls=os.environ.get("FLEET_TLS", "") not in ("", "0", "false"))
+                      tls=os.environ.get("FLEET_TLS", "") not in ("", "0", "false"),
+                      **options(os.environ))
 
         def aws_check() -> tuple[bool, str]:
             last = fleet.last_describe_ok

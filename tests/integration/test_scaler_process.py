@@ -109,7 +109,7 @@ def test_the_pool_fills_to_target_on_its_own_and_stops_adding_while_machines_boo
             body = json.load(r)
         assert body["status"] == "ok" and body["scaler"]["counts"]["booting"] == 2
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        assert "workerpool_desired_capacity 2.0" in metrics
+        assert "workerpool_asg_desired_capacity 2.0" in metrics
         assert "workerpool_scale_calls_total 1.0" in metrics
     finally:
         assert proc.stop() == 0
