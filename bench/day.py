@@ -4,6 +4,8 @@
     ... -m bench.day --quick                     # a smoke run (a morning, about 3 minutes)
     ... -m bench.day --record after              # also docs/benchmarks.md and the PNG
     ... -m bench.day --variants fixed:2,learned:1,fixed:4 --users 24 --speed 180
+    ... -m bench.day --save day.json             # also every sample and claim, as JSON
+    ... -m bench.day --load day.json --record after   # table and plot again, no run
 
 For each variant (``fixed:N``: WARM_TARGET=fixed, TARGET_AVAILABLE=N; ``learned:N``:
 WARM_TARGET=learned, TARGET_AVAILABLE=N, WARM_MARGIN=1), on a stage of its own
@@ -33,6 +35,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from bench import dayparts, dayplot, report
@@ -206,11 +209,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK}")
     ap.add_argument("--record", metavar="LABEL", help="write the table into docs/benchmarks.md "
                     "and the plot into docs/bench-day-LABEL.png")
+    ap.add_argument("--save", metavar="PATH", help="write the run (figures, samples, claims, "
+                    "how it was run) to this JSON file")
+    ap.add_argument("--load", metavar="PATH", help="no run: the table (and with --record the "
+                    "plot and the block) from a file that --save wrote")
     return report.fill(ap.parse_args(argv), FULL, QUICK)  # type: ignore[no-any-return]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+SAVED_ARGS = ("users", "speed", "start", "end", "variants")
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    """Every variant, one after the other; what ``--save`` writes."""
     # the stage's bootstrap makes the group: room for the day, three types
     os.environ.update(ASG_MAX_SIZE="40", WORKER_INSTANCE_TYPES=TYPES)
     trace = dayparts.day_trace(args.users, start_h=args.start, end_h=args.end)
@@ -221,13 +231,30 @@ def main(argv: list[str] | None = None) -> int:
     for variant in str(args.variants).split(","):
         rows.append(one(variant, trace, args))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "series"}), flush=True)
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    return {"args": {k: getattr(args, k) for k in SAVED_ARGS}, "rows": rows,
+            "command": command, "provenance": report.provenance(command)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.load:
+        done = json.loads(Path(args.load).read_text(encoding="utf-8"))
+        for key, value in done["args"].items():
+            setattr(args, key, value)
+    else:
+        done = run(args, argv)
+        if args.save:
+            Path(args.save).write_text(json.dumps(done), encoding="utf-8")
+            print(f"wrote {args.save}")
+    rows = done["rows"]
+    trace = dayparts.day_trace(args.users, start_h=args.start, end_h=args.end)
     print()
     print(dayparts.day_table(rows))
     if args.record:
-        command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
         png = report.DOC.parent / f"bench-day-{args.record}.png"
         dayplot.plot_day(rows, trace, args, png)
-        body = "\n\n".join([f"#### {args.record}", report.provenance(command),
+        body = "\n\n".join([f"#### {args.record}", done["provenance"],
                             dayparts.day_table(rows), f"![a day of claims]({png.name})"])
         for path in (report.record("day", args.record, body), png):
             print(f"wrote {path}")

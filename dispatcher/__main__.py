@@ -61,6 +61,7 @@ def main() -> int:
                          attested=check.attested, client_auth=s.client_auth)
 
         consumer.on_connect(ready)
+        dispatcher.ticker.every(10, rt.alive)  # systemd's watchdog: the loop still turns
         dispatcher.run()
     return 0
 

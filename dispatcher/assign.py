@@ -141,6 +141,20 @@ class Assignment:
 
     reply: ClaimReply
     new_lease: Worker | None = None
+    #: a repeat's: where its outcome was first answered (reply_to#correlation_id, if known)
+    answered_to: str | None = None
+
+
+def reply_key(reply_to: str | None, correlation_id: str | None) -> str | None:
+    """Where a claim's answer goes, as its outcome remembers it: a redelivery of a claim
+    already answered (an ack lost with a broker node) has the same key and is not answered
+    twice; a client's repeat is a new message, with a new correlation_id."""
+    return f"{reply_to}#{correlation_id or ''}" if reply_to else None
+
+
+def answered_already(redelivered: bool, key: str | None, answered_to: str | None) -> bool:
+    """Whether this delivery is one the stored outcome was already sent for."""
+    return redelivered and key is not None and key == answered_to
 
 
 def claim_plan(view: ClaimView, *, busy: frozenset[str], max_leases: int,

@@ -4,7 +4,9 @@
   ``unavailable`` (``wait_seconds: 0``), or moved to ``workerpool.claims.waiting``.
 * ``workerpool.claims.waiting`` (single active consumer): the waiting room, served every
   WAIT_POLL_INTERVAL seconds in arrival order (``waiting.py``).
-* ``workerpool.leases``: release and renew (``leases.py``).
+* ``workerpool.leases``: release and renew (``leases.py``); v2: cancel (``cancel.py``: a
+  waiting claim's cancel goes on to the waiting queue, whose holder answers both) and
+  status (``status.py``: the scaler's latest count and the caller's leases).
 * ``workerpool.agents``: register, heartbeat, deregister (``agents.py``).
 * ``workerpool.capacity`` (fanout from the scaler): the machines free and coming, and whether
   launches work (which waiting claims the pool can still serve).
@@ -27,15 +29,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from dispatcher import assign
+from dispatcher import assign, cancel
 from dispatcher.admission import Admission
 from dispatcher.agents import AgentService
 from dispatcher.attestation import AgentCheck, AgentKeys
 from dispatcher.claims import ClaimService
+from dispatcher.heartbeats import FLUSH_SECONDS, HeartbeatService
 from dispatcher.leases import LeaseService
 from dispatcher.membership import AsgMembers
 from dispatcher.metrics import Metrics
 from dispatcher.passwords import Passwords
+from dispatcher.status import CAPACITY_MAX_AGE, Sources, StatusService
 from dispatcher.waiting import WaitingRoom
 from shared import topology
 from shared.asg import Asg
@@ -45,6 +49,7 @@ from shared.config import Settings, connection_name
 from shared.errors import TransientError
 from shared.messages import (
     AgentMessage,
+    CancelRequest,
     CapacityStatus,
     ClaimReply,
     ClaimRequest,
@@ -62,6 +67,10 @@ from shared.ticker import Ticker
 log = logging.getLogger(__name__)
 
 SHORTAGE_INTERVAL = 1.0
+#: How often the warm set of free workers is topped up when low (one Query).
+REFILL_INTERVAL = 0.5
+#: How often the leases made since are told to the scaler (one event for all of them).
+LEASED_INTERVAL = 0.2
 AWS_CHECK_SECONDS = 5.0
 
 
@@ -78,21 +87,27 @@ class Dispatcher:
         self.clock = clock or SystemClock()
         self.pool = ThreadPoolExecutor(settings.dispatcher_threads,
                                        thread_name_prefix="dispatcher")
+        #: answering claims at their deadline: a thread of its own, which no job stuck on
+        #: a hanging AWS can hold up (a deadline is a promise)
+        self.deadlines = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-deadlines")
         self.members = AsgMembers(asg)
         self.free_count: int | None = None
         self.claims = ClaimService(settings=settings, store=store, broker=broker,
                                    clock=self.clock, metrics=metrics, pool_view=self.pool_view,
                                    passwords=passwords)
-        self.leases = LeaseService(settings=settings, store=store, broker=broker,
-                                   clock=self.clock, metrics=metrics)
+        self.capacity: tuple[CapacityStatus | None, float] = (None, 0.0)  # and when (mono)
+        self.leases = LeaseService(
+            settings=settings, store=store, broker=broker, clock=self.clock, metrics=metrics,
+            status=StatusService(store=store, port=settings.code_server_port,
+                                 sources=self.status_sources))
+        check = check or AgentCheck(keys=AgentKeys(store.workers.agent_key), certificates=None,
+                                    on_refused=lambda d, k: metrics.count_refused(d.queue, k))
         self.agents = AgentService(store=store, members=self.members, asg_name=asg.name,
-                                   clock=self.clock, metrics=metrics,
-                                   check=check or AgentCheck(
-                                       keys=AgentKeys(store.workers.agent_key),
-                                       certificates=None,
-                                       on_refused=lambda d, k: metrics.count_refused(
-                                           d.queue, k)),
-                                   dead_after=settings.dead_after)
+                                   clock=self.clock, metrics=metrics, check=check,
+                                   on_seen=self.claims.free.offer)
+        self.heartbeats = HeartbeatService(store=store, clock=self.clock, metrics=metrics,
+                                           check=check, free=self.claims.free,
+                                           dead_after=settings.dead_after)
         self.waiting = WaitingRoom(settings=settings, claims=self.claims, clock=self.clock)
         self.admission = Admission(settings=settings, metrics=metrics)
         self._pending = 0
@@ -119,11 +134,18 @@ class Dispatcher:
         t.every(self.settings.wait_poll_interval,
                 lambda: self._singleton("serve", self.waiting.serve))
         t.every(self.settings.wait_poll_interval,
-                lambda: self._singleton("expire", self.waiting.expire))
+                lambda: self._singleton("expire", self.waiting.expire, self.deadlines))
         t.every(SHORTAGE_INTERVAL, lambda: self._singleton("shortage", self.check_shortage))
+        t.every(REFILL_INTERVAL, lambda: self._singleton("refill", self.claims.refill_if_low))
+        t.every(LEASED_INTERVAL, lambda: self._singleton("leased", self.claims.tell_scaler))
+        t.every(FLUSH_SECONDS, self._flush_heartbeats)
         c.on_connect(self.waiting.reset)
         c.on_connect(self._count_resubscriptions)
         c.on_disconnect(self.waiting.reset)  # the ticker must not serve claims of a dead channel
+
+    def _flush_heartbeats(self) -> None:
+        if self.heartbeats.flush():
+            self._submit(self.heartbeats.write, on_error=lambda: None)
 
     def _count_resubscriptions(self) -> None:
         seen = getattr(self.consumer, "resubscriptions", 0)
@@ -139,9 +161,19 @@ class Dispatcher:
         finally:
             self.ticker.stop()
             self.pool.shutdown(wait=True, cancel_futures=True)
+            self.claims.tell_scaler()  # the last leases' event
+            self.deadlines.shutdown(wait=True, cancel_futures=True)
 
     def idle(self) -> bool:
         return self._pending == 0
+
+    def status_sources(self) -> Sources:
+        """For ``status`` answers: the scaler's count, or (none recent) the ASG's sizes."""
+        status, at = self.capacity
+        age = time.monotonic() - at
+        recent = status is not None and age <= CAPACITY_MAX_AGE
+        return Sources(capacity=status, capacity_age=age, waiting_here=len(self.waiting),
+                       asg=self.members.state if recent else self.members.recent_state())
 
     def pool_view(self) -> assign.PoolView:
         """For the wording of reasons; no AWS call while DynamoDB does not answer."""
@@ -154,7 +186,8 @@ class Dispatcher:
 
     # --- jobs ----------------------------------------------------------------------------
     def _submit(self, fn: Callable[[], None], d: Delivery | None = None,
-                on_error: Callable[[], None] | None = None) -> None:
+                on_error: Callable[[], None] | None = None,
+                executor: ThreadPoolExecutor | None = None) -> None:
         with self._pending_lock:
             self._pending += 1
 
@@ -180,9 +213,10 @@ class Dispatcher:
                 with self._pending_lock:
                     self._pending -= 1
 
-        self.pool.submit(job)
+        (executor or self.pool).submit(job)
 
-    def _singleton(self, name: str, fn: Callable[[], None]) -> None:
+    def _singleton(self, name: str, fn: Callable[[], None],
+                   executor: ThreadPoolExecutor | None = None) -> None:
         if name in self._singletons or self.consumer.stopping:
             return
         self._singletons.add(name)
@@ -193,7 +227,7 @@ class Dispatcher:
             finally:
                 self._singletons.discard(name)
 
-        self._submit(run, on_error=lambda: None)
+        self._submit(run, on_error=lambda: None, executor=executor)
 
     def _trusted(self, handler: Handler) -> Handler:
         def count(d: Delivery) -> None:
@@ -214,6 +248,11 @@ class Dispatcher:
         self._submit(lambda: self.claims.handle(d, req, received), d)
 
     def on_waiting(self, d: Delivery) -> None:
+        if cancel.is_forwarded_cancel(d.headers):  # a cancel for a claim we may hold
+            cancelled = self.admission.decode(d, CancelRequest)
+            self._submit(lambda: self.leases.finish_cancel(d, cancelled, self.waiting.withdraw),
+                         d)
+            return
         req = self.admission.decode(d, ClaimRequest)
         self.waiting.add(d, req)
         self.metrics.waiting.set(len(self.waiting))
@@ -227,9 +266,8 @@ class Dispatcher:
         msg = self.admission.decode(d, AgentMessage)
         self.admission.count_unknown(msg, msg.type)
         if isinstance(msg, Heartbeat):
-            if self.agents.queue_heartbeat(d, msg):
-                self._submit(lambda: self.agents.write_heartbeats(msg.instance_id),
-                             on_error=lambda: None)
+            if self.heartbeats.queue(d, msg):
+                self._submit(self.heartbeats.write, on_error=lambda: None)
         elif isinstance(msg, Register):
             seen = time.monotonic()
             self._submit(lambda: self.agents.register(d, msg, seen), d)
@@ -237,12 +275,25 @@ class Dispatcher:
             self._submit(lambda: self.agents.deregister(d, msg), d)
 
     def on_capacity(self, d: Delivery) -> None:
-        self.waiting.outlook = assign.outlook(self.admission.decode(d, CapacityStatus))
+        status = self.admission.decode(d, CapacityStatus)
+        self.capacity = (status, time.monotonic())
+        self.waiting.outlook = assign.outlook(status)
         d.ack()
 
     # --- shortage --------------------------------------------------------------------------
+    def free_estimate(self) -> int:
+        """Free workers, without a read: the scaler's last count (it counts on every
+        reconcile), else what our warm set holds."""
+        status, at = self.capacity
+        if status is not None and status.free is not None and \
+                time.monotonic() - at <= CAPACITY_MAX_AGE:
+            return status.free
+        return len(self.claims.free)
+
     def check_shortage(self) -> None:
-        free = self.store.workers.count("free", healthy_only=True)
+        """Tell the scaler how many claims wait here (no pool count: the scaler counts, and
+        the leased events we send bring its next count forward when free runs low)."""
+        free = self.free_estimate()
         waiting = len(self.waiting)
         self.free_count = free
         self.metrics.free.set(free)

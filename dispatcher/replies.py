@@ -21,7 +21,8 @@ PASSWORD_NOT_CONFIRMED = "password not confirmed"
 #: user at MAX_LEASES_PER_USER getting their worker back. The password is never stored.
 PASSWORD_SENT_ONCE = ("password: sent only in the first reply for this lease (never stored); "
                       "release the worker and claim again for a new one")
-LEASE_STATUSES = ("released", "renewed", "not_found")
+LEASE_STATUSES = ("released", "renewed", "not_found", "cancelled")
+CANCELLED = "cancelled by its user: it will never be assigned"
 #: What a repeat of a claim whose reply could not be delivered is told.
 UNDELIVERABLE = ("the reply to this claim could not be delivered (its reply queue was gone); "
                  "its worker was recycled: claim again with a new request_id")
@@ -37,7 +38,8 @@ def assigned_reply(request_id: str, worker: Worker, port: int) -> ClaimReply:
         request_id=request_id, status="assigned", reason=None,
         worker=WorkerInfo(instance_id=worker.instance_id, public_ip=worker.public_ip,
                           private_ip=worker.private_ip, url=worker.url(port), password=None,
-                          tls_fingerprint=worker.tls_fingerprint),
+                          tls_fingerprint=worker.tls_fingerprint,
+                          instance_type=worker.instance_type),
         lease_expiry=iso(worker.lease_expiry) if worker.lease_expiry else None,
     )
 
@@ -56,9 +58,8 @@ def repeated_claim_reply(request_id: str, outcome: dict[str, Any], worker: Worke
                             lease_expiry=float(outcome.get("lease_expiry") or 0),
                             tls_fingerprint=outcome.get("tls_fingerprint"))
         return assigned_reply(request_id, worker, port)
-    if status == "unavailable":
-        return ClaimReply(request_id=request_id, status="unavailable",
-                          reason=outcome.get("reason"))
+    if status in ("unavailable", "cancelled"):
+        return ClaimReply(request_id=request_id, status=status, reason=outcome.get("reason"))
     return ClaimReply(request_id=request_id, status="rejected",
                       reason="request_id: already used by a release or renew of this user")
 
@@ -87,6 +88,7 @@ def repeated_lease_reply(request_id: str, outcome: dict[str, Any]) -> LeaseReply
     status = outcome.get("status")
     if status in LEASE_STATUSES:
         return LeaseReply(request_id=request_id, status=status,
+                          reason=outcome.get("reason"),
                           instance_id=outcome.get("instance_id"),
                           lease_expiry=outcome.get("lease_expiry"))
     return LeaseReply(request_id=request_id, status="rejected",
@@ -95,7 +97,21 @@ def repeated_lease_reply(request_id: str, outcome: dict[str, Any]) -> LeaseReply
 
 def lease_reply_outcome(reply: LeaseReply) -> dict[str, Any]:
     return {"status": reply.status, "instance_id": reply.instance_id,
-            "lease_expiry": reply.lease_expiry}
+            "lease_expiry": reply.lease_expiry, "reason": reply.reason}
+
+
+def cancelled_outcome() -> dict[str, Any]:
+    """What a cancelled claim's request_id is remembered as (PROTOCOL v2 §3 cancel)."""
+    return {"status": "cancelled", "reason": CANCELLED}
+
+
+def not_waiting_reason(user_id: str, claim_request_id: str) -> str:
+    return (f"claim_request_id: no claim {claim_request_id} of {user_id} is waiting (if it "
+            "arrives after all, it is answered cancelled)")
+
+
+def already_answered_reason(status: str) -> str:
+    return f"claim_request_id: that claim was already answered {status}"
 
 
 # --- reasons an operator can act on ---------------------------------------------------------

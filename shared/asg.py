@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.parsers import ResponseParserError
 
 from shared.aws import (
+    QUICK,
     STANDARD,
     CallPolicy,
     Reachability,
@@ -21,6 +22,7 @@ from shared.aws import (
     client,
     error_code,
     error_message,
+    translate,
 )
 from shared.config import Settings
 from shared.errors import AwsError
@@ -32,23 +34,29 @@ log = logging.getLogger(__name__)
 class Asg:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Asg:
+        # endpoints: botocore's (AWS_ENDPOINT_URL_AUTO_SCALING, _EC2, AWS_ENDPOINT_URL)
         return cls(name=settings.asg_name, region=settings.aws_region,
-                   endpoint_url=settings.aws_endpoint_url, **kwargs)
+                   instance_types=settings.instance_types, **kwargs)
 
     def __init__(self, *, name: str, region: str, endpoint_url: str | None = None,
                  autoscaling: Any = None, ec2: Any = None, policy: CallPolicy = STANDARD,
-                 fence: Callable[[], None] | None = None) -> None:
+                 fence: Callable[[], None] | None = None,
+                 instance_types: Sequence[str] = ()) -> None:
         """``fence``: called right before every attempt of a mutating call (raises LockLost
-        when this replica may not act: shared.leader.Leadership.fence)."""
+        when this replica may not act: shared.leader.Leadership.fence).
+        ``instance_types``: the group ``ensure_group`` makes gets them as mixed-instances
+        overrides (two or more)."""
         self.name = name
+        self.instance_types = tuple(instance_types)
         self.policy = policy
-        self.reachability = Reachability()
+        self.reachability = Reachability("Auto Scaling")
         self.fence = fence
         self.api = autoscaling or client("autoscaling", region=region,
                                          endpoint_url=endpoint_url, policy=policy)
         self._region = region
         self._endpoint = endpoint_url
         self._ec2 = ec2
+        self._ping_api: Any = autoscaling  # injected clients serve the ping too
 
     @property
     def ec2(self) -> Any:
@@ -56,13 +64,31 @@ class Asg:
             self._ec2 = client("ec2", region=self._region, endpoint_url=self._endpoint)
         return self._ec2
 
-    @aws_call
-    def describe(self) -> AsgState:
+    def ping(self) -> None:
+        """One quick DescribeAutoScalingGroups for /health: no retries, short timeouts
+        (QUICK), so that a health check answers in about a second even when AWS hangs."""
+        if self._ping_api is None:
+            self._ping_api = client("autoscaling", region=self._region,
+                                    endpoint_url=self._endpoint, policy=QUICK)
+        try:
+            resp = self._ping_api.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])
+        except Exception as exc:
+            raise translate(exc) from exc
+        if not resp.get("AutoScalingGroups"):
+            raise AwsError("NotFound", f"Auto Scaling Group {self.name!r} does not exist")
+
+    def _group(self) -> dict[str, Any]:
         resp = self.api.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])
         groups = resp.get("AutoScalingGroups", [])
         if not groups:
             raise AwsError("NotFound", f"Auto Scaling Group {self.name!r} does not exist")
-        g = groups[0]
+        return dict(groups[0])
+
+    @aws_call
+    def describe(self) -> AsgState:
+        g = self._group()
+        overrides = (g.get("MixedInstancesPolicy") or {}).get("LaunchTemplate", {}).get(
+            "Overrides") or []
         return AsgState(
             name=self.name,
             min_size=g["MinSize"],
@@ -77,6 +103,8 @@ class Asg:
                 )
                 for i in g.get("Instances", [])
             ),
+            instance_types=tuple(o["InstanceType"] for o in overrides if o.get("InstanceType")),
+            zones=tuple(g.get("AvailabilityZones") or ()),
         )
 
     def _fenced(self) -> None:
@@ -88,6 +116,28 @@ class Asg:
         self._fenced()
         self.api.set_desired_capacity(AutoScalingGroupName=self.name,
                                       DesiredCapacity=desired, HonorCooldown=False)
+
+    @aws_call
+    def set_instance_types(self, types: Sequence[str]) -> None:
+        """Reorder the group's mixed-instances overrides (the first is launched first, the
+        next when it lacks capacity). Only types the group already has, each override kept
+        as it is (weights and all); the rest of the policy unchanged."""
+        g = self._group()
+        policy = g.get("MixedInstancesPolicy")
+        if not policy:
+            raise AwsError("NotMixed", f"{self.name!r} has no mixed-instances policy")
+        lt = dict(policy["LaunchTemplate"])
+        by_type = {o.get("InstanceType"): o for o in lt.get("Overrides") or []}
+        spec = {k: v for k, v in lt["LaunchTemplateSpecification"].items()
+                if k in ("LaunchTemplateId", "Version")}  # an Id or a Name, never both
+        if "LaunchTemplateId" not in spec:
+            spec["LaunchTemplateName"] = lt["LaunchTemplateSpecification"]["LaunchTemplateName"]
+        ordered = [by_type[t] for t in types if t in by_type]
+        ordered += [o for t, o in by_type.items() if t not in types]
+        self._fenced()
+        self.api.update_auto_scaling_group(AutoScalingGroupName=self.name, MixedInstancesPolicy={
+            **policy, "LaunchTemplate": {"LaunchTemplateSpecification": spec,
+                                         "Overrides": ordered}})
 
     @aws_call
     def set_protection(self, instance_ids: list[str], protected: bool) -> None:
@@ -133,6 +183,7 @@ class Asg:
                 status_message=a.get("StatusMessage", ""),
                 description=a.get("Description", ""),
                 start_time=start.timestamp() if hasattr(start, "timestamp") else 0.0,
+                details=a.get("Details", "") or "",
             ))
         return out
 
@@ -150,7 +201,8 @@ class Asg:
     @aws_call
     def ensure_group(self, *, launch_template: str, ami_id: str, instance_type: str,
                      max_size: int, user_data: str = "") -> bool:
-        """Create the launch template and the group (min 0, desired 0) if absent."""
+        """Create the launch template and the group (min 0, desired 0) if absent; with two or
+        more ``instance_types``, a mixed-instances group (prioritized, in their order)."""
         try:
             self.ec2.create_launch_template(
                 LaunchTemplateName=launch_template,
@@ -173,10 +225,18 @@ class Asg:
                 raise
         zones = [z["ZoneName"] for z in
                  self.ec2.describe_availability_zones()["AvailabilityZones"]][:1]
+        spec = {"LaunchTemplateName": launch_template, "Version": "$Latest"}
+        shape: dict[str, Any] = {"LaunchTemplate": spec}
+        if len(self.instance_types) > 1:
+            shape = {"MixedInstancesPolicy": {
+                "LaunchTemplate": {"LaunchTemplateSpecification": spec, "Overrides": [
+                    {"InstanceType": t} for t in self.instance_types]},
+                "InstancesDistribution": {"OnDemandAllocationStrategy": "prioritized",
+                                          "OnDemandBaseCapacity": 0,
+                                          "OnDemandPercentageAboveBaseCapacity": 100}}}
         try:
             self.api.create_auto_scaling_group(
-                AutoScalingGroupName=self.name,
-                LaunchTemplate={"LaunchTemplateName": launch_template, "Version": "$Latest"},
+                AutoScalingGroupName=self.name, **shape,
                 MinSize=0, MaxSize=max_size, DesiredCapacity=0, AvailabilityZones=zones,
                 NewInstancesProtectedFromScaleIn=False,
                 Tags=[{"Key": "workerpool", "Value": "worker", "PropagateAtLaunch": True}],

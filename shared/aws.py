@@ -22,8 +22,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tenacity import (
+    RetryCallState,
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
@@ -47,7 +47,9 @@ class CallPolicy:
     attempts: int
 
     def config(self) -> Config:
-        return Config(retries={"mode": "standard", "max_attempts": 1},
+        # total_max_attempts, not max_attempts: botocore reads the latter as retries after
+        # the first attempt (max_attempts=1 made two attempts: twice every timeout here)
+        return Config(retries={"mode": "standard", "total_max_attempts": 1},
                       connect_timeout=self.connect, read_timeout=self.read,
                       max_pool_connections=32)
 
@@ -56,8 +58,9 @@ class CallPolicy:
 STANDARD = CallPolicy(connect=2, read=4, attempts=3)
 #: Calls on a path with a deadline (a claim, a fenced scaler or reaper action): ~3 s, 2 tries.
 FAST = CallPolicy(connect=1, read=2, attempts=2)
-#: Health probes and best-effort writes while AWS is known to be down: one short try.
-QUICK = CallPolicy(connect=1, read=2, attempts=1)
+#: Health probes, and what must be done by a deadline (the outcome of a claim answered at its
+#: deadline): one short try. DynamoDB answers in milliseconds; 1.5 s is its bad day.
+QUICK = CallPolicy(connect=0.5, read=1.5, attempts=1)
 
 
 class Reachability:
@@ -65,12 +68,17 @@ class Reachability:
     depends on AWS being up (answering a claim's outcome before its deadline, counting the
     reaper's grace after an outage) asks it instead of finding out the slow way."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "AWS") -> None:
+        self.what = what  # the service, for the log lines of a change
         self.down_since: float | None = None  # monotonic, while the last call failed
         self.up_since: float | None = None  # monotonic, since AWS answered again
         self.reason: str | None = None
 
     def ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("%s answers again", self.what, extra={
+                "event": "aws_up", "service": self.what,
+                "down_seconds": round(time.monotonic() - self.down_since, 1)})
         if self.down_since is not None or self.up_since is None:
             self.up_since = time.monotonic()
         self.down_since, self.reason = None, None
@@ -78,6 +86,8 @@ class Reachability:
     def failed(self, exc: Exception) -> None:
         if self.down_since is None:
             self.down_since = time.monotonic()
+            log.warning("%s does not answer", self.what, extra={
+                "event": "aws_down", "service": self.what, "error": str(exc)[:300]})
         self.reason = str(exc)[:300]
 
     @property
@@ -105,7 +115,8 @@ RECORD_ENV = "WORKERPOOL_RECORD_AWS_CALLS"
 
 #: Requests whose items AWS authorises one by one: the parameter that lists them.
 ITEMISED = {"TransactWriteItems": "TransactItems", "TransactGetItems": "TransactItems",
-            "BatchWriteItem": "RequestItems", "BatchGetItem": "RequestItems"}
+            "BatchWriteItem": "RequestItems", "BatchGetItem": "RequestItems",
+            "BatchExecuteStatement": "Statements"}
 
 
 def recorded_operation(service: str, operation: str, params: dict[str, Any]) -> str:
@@ -118,6 +129,8 @@ def recorded_operation(service: str, operation: str, params: dict[str, Any]) -> 
     if isinstance(items, dict):  # Batch*: table name -> requests (or keys)
         kinds = {next(iter(r)) for reqs in items.values() for r in
                  (reqs if isinstance(reqs, list) else [{"Get": reqs}])}
+    elif operation == "BatchExecuteStatement":  # PartiQL: the verb of each statement
+        kinds = {str(item.get("Statement", "")).split(None, 1)[0].upper() for item in items}
     else:
         kinds = {next(iter(item)) for item in items}
     return f"{line}[{','.join(sorted(kinds))}]"
@@ -134,14 +147,25 @@ def _recorder(path: str) -> Callable[..., None]:
 
 def client(service: str, *, region: str, endpoint_url: str | None = None,
            policy: CallPolicy = STANDARD) -> Any:
-    """A boto3 client whose calls take at most ``policy``'s time; AWS_ENDPOINT_URL (an
-    emulator) is honoured when ``endpoint_url`` is given."""
+    """A boto3 client whose calls take at most ``policy``'s time. Its endpoint is botocore's
+    to resolve (PROTOCOL v2 §1): ``AWS_ENDPOINT_URL_<SERVICE>`` (e.g. DynamoDB Local for
+    ``AWS_ENDPOINT_URL_DYNAMODB``), then ``AWS_ENDPOINT_URL``, then the shared config file,
+    then AWS itself. ``endpoint_url`` is for the few callers that must point one client
+    somewhere else (a test's cuttable proxy, a benchmark's counting one)."""
     c = boto3.client(service, region_name=region, endpoint_url=endpoint_url or None,
                      config=policy.config())
     path = os.environ.get(RECORD_ENV)
     if path:
         c.meta.events.register("before-parameter-build", _recorder(path))
     return c
+
+
+def configured_endpoint(service_env: str) -> str | None:
+    """The endpoint the environment names for a service (``AWS_ENDPOINT_URL_<service_env>``,
+    else ``AWS_ENDPOINT_URL``), as botocore will resolve it; None for AWS itself. For words
+    in logs and for bootstrap's "is this an emulator?", never passed to a client."""
+    return (os.environ.get(f"AWS_ENDPOINT_URL_{service_env}")
+            or os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
 T = TypeVar("T")
@@ -170,6 +194,21 @@ def translate(exc: Exception) -> Exception:
     return exc
 
 
+def _retry_note(call: str, seen: Reachability | None) -> Callable[[RetryCallState], None]:
+    """Log a retry: a warning while AWS was answering, a debug line while it is known down
+    (its going down and coming back are logged once each, by Reachability)."""
+
+    def note(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        level = logging.DEBUG if seen is not None and seen.down else logging.WARNING
+        log.log(level, "AWS call failed; trying again", extra={
+            "call": call, "attempt": state.attempt_number,
+            "in_seconds": round(state.next_action.sleep, 2) if state.next_action else None,
+            "error": str(exc)[:300]})
+
+    return note
+
+
 def aws_call(fn: Callable[..., T]) -> Callable[..., T]:
     """Retry one AWS request while AWS is unreachable or throttles, then raise.
 
@@ -187,7 +226,7 @@ def aws_call(fn: Callable[..., T]) -> Callable[..., T]:
             retry=retry_if_exception_type(AwsUnavailable),
             wait=wait_exponential(multiplier=0.2, max=3) + wait_random(0, 0.2),
             stop=stop_after_attempt(policy.attempts),
-            before_sleep=before_sleep_log(log, logging.WARNING),
+            before_sleep=_retry_note(fn.__qualname__, seen),
             reraise=True,
         )
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from shared.asg import Asg
+from shared.aws import configured_endpoint
 from shared.broker import Broker
 from shared.config import Settings
 from shared.store import Store
@@ -19,7 +20,7 @@ def bootstrap(settings: Settings, *, broker: bool = True) -> dict[str, object]:
     created_table = store.create_table()
     log.info("table ready", extra={"table": settings.table_name, "table_created": created_table})
     result: dict[str, object] = {"table": settings.table_name, "table_created": created_table}
-    if settings.aws_endpoint_url:
+    if configured_endpoint("AUTO_SCALING"):
         asg = Asg.from_settings(settings)
         created = asg.ensure_group(
             launch_template=settings.launch_template_name, ami_id=settings.worker_ami_id,
@@ -29,7 +30,8 @@ def bootstrap(settings: Settings, *, broker: bool = True) -> dict[str, object]:
                         "max_size": settings.asg_max_size})
         result.update(asg=settings.asg_name, asg_created=created)
     else:
-        log.info("AWS_ENDPOINT_URL unset: real AWS; the ASG comes from deploy/ (CloudFormation)")
+        log.info("no AWS_ENDPOINT_URL for Auto Scaling: real AWS; the ASG comes from deploy/ "
+                 "(CloudFormation)")
     if broker:
         Broker(settings.amqp_url, "bootstrap").declare()
         log.info("broker topology declared", extra={"amqp_url": settings.redacted_amqp_url()})

@@ -6,6 +6,7 @@ naming the variable and what is wrong, and exits with status 2 (no traceback).
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from typing import Literal
@@ -31,8 +32,21 @@ DEFAULT_HEALTH_PORTS = {
 SECRET_VARIABLES = {"AMQP_URL"}
 
 
+#: Between two URLs of an AMQP_URL that lists several brokers (a cluster's nodes): a comma
+#: where the next URL begins, so that a password may hold a comma.
+_URL_LIST = re.compile(r"\s*,\s*(?=amqps?://)")
+
+
+def split_urls(value: str) -> list[str]:
+    """The URLs of an AMQP_URL, in the order written (one for one broker)."""
+    return [u for u in _URL_LIST.split(value.strip()) if u] or [value]
+
+
 def redact_url(url: str) -> str:
-    """``amqp://user:secret@host/vh`` → ``amqp://user:***@host/vh`` (for logs and errors)."""
+    """``amqp://user:secret@host/vh`` → ``amqp://user:***@host/vh`` (for logs and errors);
+    each URL of a comma-separated list likewise."""
+    if len(urls := split_urls(url)) > 1:
+        return ",".join(redact_url(u) for u in urls)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -88,6 +102,12 @@ class Settings(BaseSettings):
     #: agent: where it makes code-server's TLS certificate at first start (code-server's
     #: ``cert``/``cert-key``); unset: code-server serves plain HTTP (docs/deploy.md).
     code_server_tls_dir: str | None = None
+    #: v2, reaper: a leased worker whose code-server reports no user activity (nor a renew)
+    #: for this long is reclaimed like an expired lease; 0: never (docs/reaper.md)
+    idle_seconds: float = Field(default=0, ge=0)
+    #: v2, reaper: how long before a lease ends (expiry or idleness) its user is warned on
+    #: workerpool.events and on the VM; 0: no warnings (``lease_ended`` is still sent)
+    warn_before_seconds: float = Field(default=300, ge=0)
 
     # --- our own (documented in README "Variables") ------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -105,6 +125,19 @@ class Settings(BaseSettings):
     launch_template_name: str = Field(default="workerpool-worker", min_length=3)
     worker_ami_id: str = "ami-12c6146b"
     worker_instance_type: str = "t3.medium"
+    #: instance types in order of preference, comma-separated: the ASG's mixed-instances
+    #: overrides (bootstrap makes them; the scaler reorders them while a type's capacity
+    #: circuit is open); empty: WORKER_INSTANCE_TYPE alone (docs/scaler.md)
+    worker_instance_types: str = ""
+    #: scaler: ``fixed`` keeps TARGET_AVAILABLE free; ``learned`` keeps max(TARGET_AVAILABLE,
+    #: forecast claims/min x p90 time-to-ready) + WARM_MARGIN (docs/scaler.md)
+    warm_target: Literal["fixed", "learned"] = "fixed"
+    warm_margin: int = Field(default=1, ge=0, le=1000)
+    #: scaler, learned: the slow arrival rate's time constant (the fast one's is a sixth)
+    demand_window_seconds: float = Field(default=1800, gt=0)
+    #: scaler: how long a launch failure for capacity or quota keeps that instance type
+    #: (in that zone) behind the others
+    capacity_cool_off_seconds: float = Field(default=900, gt=0)
     fleet_boot_delay: float = Field(default=2, ge=0)
     #: agent: "" (the default exchange, routing key workerpool.agents) or "amq.topic" where
     #: broker permissions confine agents to a topic (deploy/rabbitmq/definitions.json).
@@ -120,26 +153,40 @@ class Settings(BaseSettings):
     #: agent: run after writing the config (shlex-split, no shell), e.g.
     #: ``sudo systemctl restart code-server@ubuntu``; unset: code-server is not restarted.
     code_server_restart_command: str | None = None
-    #: dispatcher: re-read each new lease after this many seconds (or twice what the lease
-    #: write took, up to 2 s) and give it up if the item is no longer ours. Real DynamoDB's
-    #: conditional writes are atomic and need no re-read (0); an emulator's may not be
-    #: (docs/emulators.md), so the default is 0.05 when AWS_ENDPOINT_URL is set, else 0.
-    lease_recheck_seconds: float | None = Field(default=None, ge=0, le=5)
+    #: agent: run with a lease notice on standard input, to reach the user's terminals
+    #: (shlex-split, no shell); empty: none. The simulated fleet sets a stand-in.
+    agent_wall_command: str = "wall"
+    #: agent: the file that holds the latest lease notice, in the user's home; empty: none
+    agent_notice_file: str = "/home/ubuntu/WORKERPOOL-NOTICE.txt"
 
     @field_validator("amqp_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            port = parts.port  # raises on a non-numeric port
-        except ValueError as exc:
-            raise ValueError("is not a valid URL") from exc
-        if parts.scheme not in ("amqp", "amqps"):
-            raise ValueError("must start with amqp:// or amqps://")
-        if not parts.hostname:
-            raise ValueError("has no host")
-        del port
+        users = set()
+        for url in split_urls(value):
+            try:
+                parts = urlsplit(url)
+                port = parts.port  # raises on a non-numeric port
+            except ValueError as exc:
+                raise ValueError("is not a valid URL") from exc
+            if parts.scheme not in ("amqp", "amqps"):
+                raise ValueError("must start with amqp:// or amqps://")
+            if not parts.hostname:
+                raise ValueError("has no host")
+            del port
+            users.add((unquote(parts.username or "guest"), unquote(parts.path[1:]) or "/"))
+        if len(users) > 1:
+            raise ValueError("lists brokers with different users or vhosts (a list names the "
+                             "nodes of one cluster)")
         return value
+
+    @field_validator("worker_instance_types")
+    @classmethod
+    def _instance_types(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        if any(not re.fullmatch(r"[a-z0-9-]+\.[a-z0-9-]+", n) for n in names):
+            raise ValueError("must be comma-separated instance types such as t3.medium")
+        return ",".join(dict.fromkeys(names))
 
     @field_validator("service_users", "gateway_users")
     @classmethod
@@ -192,8 +239,6 @@ class Settings(BaseSettings):
     def _derived(self) -> Settings:
         if self.heartbeat_timeout is None:
             self.heartbeat_timeout = 3 * self.heartbeat_interval
-        if self.lease_recheck_seconds is None:
-            self.lease_recheck_seconds = 0.05 if self.aws_endpoint_url else 0.0
         # A timeout at or below the interval makes every worker look dead between beats; it
         # is allowed (a process may only need the timeout, e.g. the reaper) but flagged.
         return self
@@ -215,6 +260,12 @@ class Settings(BaseSettings):
         return self.heartbeat_timeout
 
     @property
+    def instance_types(self) -> tuple[str, ...]:
+        """WORKER_INSTANCE_TYPES in order of preference, or WORKER_INSTANCE_TYPE alone."""
+        return tuple(self.worker_instance_types.split(",")) if self.worker_instance_types \
+            else (self.worker_instance_type,)
+
+    @property
     def service_user_names(self) -> frozenset[str]:
         """SERVICE_USERS, or the user of our own AMQP_URL (PROTOCOL §1)."""
         if self.service_users is not None:
@@ -228,7 +279,7 @@ class Settings(BaseSettings):
     @property
     def broker_user(self) -> str:
         """The broker user of AMQP_URL (``guest`` when the URL names none, as pika does)."""
-        return unquote(urlsplit(self.amqp_url).username or "guest")
+        return unquote(urlsplit(split_urls(self.amqp_url)[0]).username or "guest")
 
     def port_for(self, process: str) -> int:
         return self.health_port if self.health_port is not None else DEFAULT_HEALTH_PORTS[process]

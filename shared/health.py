@@ -1,20 +1,32 @@
 """``GET /health`` and ``GET /metrics`` on HEALTH_PORT, for every process (PROTOCOL §1).
 
 A process registers named checks (callables returning (ok, detail)); /health is 200 when
-all pass, else 503, with a JSON body naming each. /metrics is prometheus-client's registry.
+all pass, else 503, with a JSON body naming each. /metrics is the process's one registry
+(``process_registry``): prometheus-client's process and platform collectors (``process_*``,
+``python_*``), ``workerpool_build_info`` and the process's own metrics (docs/monitoring.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import metadata
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +35,28 @@ Check = Callable[[], tuple[bool, Any]]
 #: Seconds a probe's answer is reused: /health may be polled often, and each probe costs a
 #: broker connection or an AWS call.
 PROBE_CACHE_SECONDS = 3.0
+
+
+def package_version() -> str:
+    """The installed workerpool's version ("unknown" when run from a bare checkout)."""
+    try:
+        return metadata.version("workerpool")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def process_registry(process: str) -> CollectorRegistry:
+    """The one registry of a process: prometheus-client's process, platform and GC
+    collectors (new instances: its global ones belong to its global registry, which we do
+    not serve) and ``workerpool_build_info{version, python, process} 1``."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info("workerpool_build", "The running build: workerpool's version, Python's, the process",
+         registry=registry).info({"version": package_version(),
+                                  "python": platform.python_version(), "process": process})
+    return registry
 
 
 class CachedCheck:
@@ -51,7 +85,7 @@ class HealthServer:
     def __init__(self, *, process: str, port: int, registry: CollectorRegistry | None = None,
                  host: str = "0.0.0.0") -> None:
         self.process = process
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or process_registry(process)
         self.checks: dict[str, Check] = {}
         self.info: dict[str, Any] = {}
         server = self

@@ -7,6 +7,12 @@
             rt.ready()
             while not rt.stopping: ...
         return 0
+
+Under systemd (``Type=notify``, ``WatchdogSec=``; deploy/systemd/) it also speaks the notify
+protocol (shared/sdnotify.py): ``READY=1`` with the ready line, ``STOPPING=1`` on a stop
+signal, and ``WATCHDOG=1`` while the loop shows signs of life: every ``rt.stopping``,
+``rt.wait(...)`` or ``rt.alive()`` counts as one. A loop that calls none of them gets the
+watchdog thread's own liveness only; call ``rt.alive()`` from it to be watched for real.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from shared import logging as wlogging
 from shared.config import Settings, load_settings
 from shared.errors import AwsUnavailable, BrokerUnavailable, ConfigError
 from shared.health import HealthServer
+from shared.sdnotify import Notifier, Watchdog
 
 lifecycle = logging.getLogger("workerpool.lifecycle")
 lifecycle.setLevel(logging.INFO)
@@ -32,6 +39,8 @@ lifecycle.setLevel(logging.INFO)
 #: they hold well before; this is the hard stop behind them, whatever blocks (a call into an
 #: AWS or a broker that does not answer).
 STOP_DEADLINE = 9.0
+#: ``wait`` sleeps in slices of this many seconds, each a sign of life for the watchdog.
+WAIT_SLICE = 1.0
 
 
 def _hard_stop() -> None:
@@ -65,6 +74,16 @@ class Runtime:
         for warning in self.settings.warnings():
             self.log.warning(warning)
         self.started = time.monotonic()
+        # systemd's variables, not ours: read once at start, then dropped as sd_notify(3)'s
+        # unset_environment does, so that no child (an agent's systemctl, the fleet's agents)
+        # speaks to systemd in our name
+        self.notifier = Notifier(os.environ)
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            os.environ.pop(name, None)
+        self._ready = False
+        self._alive_at: float | None = None
+        self.watchdog = Watchdog(self.notifier, last_alive=lambda: self._alive_at,
+                                 is_ready=lambda: self._ready)
 
     # signals only set a flag (and call registered non-blocking stoppers)
     def _signal(self, signum: int, frame: FrameType | None) -> None:
@@ -74,6 +93,8 @@ class Runtime:
             timer = threading.Timer(STOP_DEADLINE, _hard_stop)
             timer.daemon = True
             timer.start()
+            self.watchdog.stop()
+            self.notifier.send("STOPPING=1")
         self._stop.set()
         for fn in self._on_stop:
             fn()
@@ -83,25 +104,44 @@ class Runtime:
 
     @property
     def stopping(self) -> bool:
+        """True once asked to stop. Asking is a sign of life (the loop goes round)."""
+        self.alive()
         return self._stop.is_set()
 
     def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True if asked to stop meanwhile."""
-        return self._stop.wait(seconds)
+        """Sleep up to ``seconds``; True if asked to stop meanwhile. A loop waiting here is
+        alive, however long it waits."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._stop.is_set()
+            if self._stop.wait(min(left, WAIT_SLICE)):
+                return True
+
+    def alive(self) -> None:
+        """The loop made progress: what feeds systemd's watchdog (``WatchdogSec=``)."""
+        self._alive_at = time.monotonic()
 
     def ready(self, **fields: Any) -> None:
         # lifecycle lines are logged whatever LOG_LEVEL says: operators and `dev` wait for them
         lifecycle.info("ready", extra={"event": "ready", "health_port": self.health.port,
                                        **fields})
+        self.alive()
+        self._ready = True
+        self.notifier.send("READY=1", f"STATUS=ready, health on port {self.health.port}")
 
     def __enter__(self) -> Runtime:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         self.health.start()
+        self.watchdog.start()
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> bool:
+        self.watchdog.stop()
         self.health.stop()
         if ev is None:
             lifecycle.info("stopped", extra={"event": "stopped"})

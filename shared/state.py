@@ -27,6 +27,7 @@ class Worker:
     availability_zone: str | None = None
     tls_fingerprint: str | None = None  # code-server's certificate (SHA-256), if it serves TLS
     unhealthy_since: float | None = None  # first unhealthy heartbeat of the current spell
+    registered_at: float | None = None  # its first accepted registration
 
     def url(self, port: int) -> str:
         """code-server's address: https when the worker registered a TLS certificate."""
@@ -56,6 +57,10 @@ class AsgState:
     max_size: int
     desired: int
     instances: tuple[AsgInstance, ...] = field(default_factory=tuple)
+    #: the mixed-instances overrides, in their order (the first is launched first); empty:
+    #: a group with a launch template's one type
+    instance_types: tuple[str, ...] = ()
+    zones: tuple[str, ...] = ()  # its Availability Zones
 
     @property
     def live_ids(self) -> frozenset[str]:
@@ -71,6 +76,7 @@ class Activity:
     status_message: str
     description: str
     start_time: float
+    details: str = ""  # JSON text AWS adds, e.g. {"Availability Zone": "us-east-1a", ...}
 
     @property
     def failed(self) -> bool:

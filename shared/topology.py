@@ -20,6 +20,15 @@ WAITING = "workerpool.claims.waiting"
 SCALING = "workerpool.scaling"
 #: Scaler → every dispatcher: whether the pool can grow (fanout; each binds its own queue).
 CAPACITY_EXCHANGE = "workerpool.capacity"
+#: v2: events for users (lease ending, extended, ended), routing key ``user.<user_id>``
+#: (``events_key``); ``workerpool watch`` binds an exclusive queue of its own to it.
+EVENTS_EXCHANGE = "workerpool.events"
+
+
+def events_key(user_id: str) -> str:
+    """The routing key of ``user_id``'s events on EVENTS_EXCHANGE."""
+    return f"user.{user_id}"
+
 
 #: Agents may publish through this exchange (routing key = AGENTS) instead of the default
 #: exchange: RabbitMQ checks a default-exchange publish only as write on "amq.default", so
@@ -63,6 +72,18 @@ def retry_tier(attempt: int) -> str | None:
 ARRIVED_HEADER = "x-workerpool-arrived-at"
 
 DELIVERY_LIMIT = 20
+#: The dead-letter queue keeps at most this many bytes of message bodies; beyond it the
+#: oldest go first (policy ``workerpool-dead-letter``, below). With bodies of at most
+#: ``MAX_MESSAGE_BYTES`` that is still a hundred of the largest, tens of thousands of typical ones.
+DEAD_LETTER_MAX_BYTES = 100 * 1024 * 1024
+#: The broker refuses larger messages (``max_message_size``, deploy/rabbitmq/rabbitmq.conf:
+#: keep the two equal); the dispatcher refuses bodies over MAX_BODY_BYTES before decoding.
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: The largest request or agent message the dispatcher decodes (the largest real one, a
+#: register with its identity document and signatures, is a few kilobytes).
+MAX_BODY_BYTES = 64 * 1024
+#: Events kept for the scaler; older ones are dropped (a newer shortage says more).
+SCALING_MAX_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -97,24 +118,37 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec(AGENTS, "register / heartbeat / deregister from worker agents", PUBLIC),
     QueueSpec(WAITING, "claims waiting for a free worker, served in arrival order by one "
               "dispatcher", _quorum(**{"x-single-active-consumer": True})),
-    QueueSpec(SCALING, "shortage and leased events for the active scaler",
-              _quorum(**{"x-max-length": 1000, "x-overflow": "drop-head"})),
+    # No dead-letter exchange: an event dropped by overflow (or, after DELIVERY_LIMIT
+    # crashes, as poison) is worthless, and must not fill the dead-letter queue operators
+    # watch. A queue declared before this change keeps its arguments (docs/monitoring.md).
+    QueueSpec(SCALING, "shortage and leased events for the active scaler; overflow is dropped",
+              {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT,
+               "x-max-length": SCALING_MAX_LENGTH, "x-overflow": "drop-head"}),
     *(QueueSpec(name, f"messages waiting {seconds} s to be tried again (a transient failure)",
-                {"x-queue-type": "classic", "x-message-ttl": seconds * 1000,
+                {"x-queue-type": "quorum", "x-message-ttl": seconds * 1000,
                  "x-dead-letter-exchange": ""})
       for seconds, name in RETRY_TIERS),
 )
 
-#: Broker policy for the public request queues (deploy/rabbitmq/definitions.json).
+#: Broker policies (deploy/rabbitmq/definitions.json, and the orchestrator's boot in
+#: deploy/cloudformation/): what public queues get beyond their type, changeable without
+#: redeclaring anything. Services cannot set policies (their broker user has no policymaker
+#: tag), so the deploy applies them; the patterns never overlap, since RabbitMQ applies one
+#: policy per queue.
 POLICIES: tuple[dict[str, Any], ...] = (
     {"name": "workerpool-requests", "pattern": r"^workerpool\.(claims|leases|agents)$",
      "apply-to": "queues", "priority": 0,
      "definition": {"dead-letter-exchange": "", "dead-letter-routing-key": DEAD_LETTER,
                     "delivery-limit": DELIVERY_LIMIT}},
+    # bounded, newest kept: a flood of refusals cannot fill the broker's disk
+    {"name": "workerpool-dead-letter", "pattern": r"^workerpool\.dead-letter$",
+     "apply-to": "queues", "priority": 0,
+     "definition": {"max-length-bytes": DEAD_LETTER_MAX_BYTES, "overflow": "drop-head"}},
 )
 
 EXCHANGES: tuple[tuple[str, str], ...] = (
-    (CAPACITY_EXCHANGE, "fanout"), *((name, "fanout") for _, name in RETRY_TIERS))
+    (CAPACITY_EXCHANGE, "fanout"), *((name, "fanout") for _, name in RETRY_TIERS),
+    (EVENTS_EXCHANGE, "topic"))
 
 #: (exchange, queue, routing key) bindings declared with the queues.
 BINDINGS: tuple[tuple[str, str, str], ...] = (

@@ -14,7 +14,16 @@ import pytest
 from shared import topology
 from shared.config import Settings, parse_settings
 
+#: DynamoDB Local (AWS's own emulator): fixtures for the concurrency tests and the benchmarks
+pytest_plugins = ["tests.dynamodb_local"]
+
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2F")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a vhost of its own for each worker
+    from tests.parallel import ensure_vhost, worker_url
+
+    AMQP_URL = worker_url(AMQP_URL, os.environ["PYTEST_XDIST_WORKER"])
+    ensure_vhost(AMQP_URL)
+    os.environ["AMQP_URL"] = AMQP_URL  # the processes under test, and tests that read it
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -47,7 +56,9 @@ def moto_endpoint() -> Iterator[str]:
     sim/motoserver.py and docs/emulators.md for why: moto's DynamoDB is not atomic under
     concurrency).
     WORKERPOOL_TEST_MOTO=threaded runs moto's own ThreadedMotoServer instead, to see how the
-    pool fares on the stock server."""
+    pool fares on the stock server.
+    It becomes the session's AWS_ENDPOINT_URL: botocore resolves every client's endpoint, in
+    the processes and in the tests alike (a test of in-process moto unsets it)."""
     if os.environ.get("WORKERPOOL_TEST_MOTO") == "threaded":
         from moto.server import ThreadedMotoServer
 
@@ -56,12 +67,14 @@ def moto_endpoint() -> Iterator[str]:
             port = sock.getsockname()[1]
         stock = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         stock.start()
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
         yield f"http://127.0.0.1:{port}"
         stock.stop()
         return
     from sim.motoserver import SerializedMotoServer
 
     server = SerializedMotoServer().start()
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
     yield server.endpoint
     server.stop()
 

@@ -28,8 +28,12 @@ POLICY_NAME = "workerpool-services"
 #: require the action of each of their items.
 ITEM_ACTIONS = {"Update": "UpdateItem", "Put": "PutItem", "Delete": "DeleteItem",
                 "ConditionCheck": "ConditionCheckItem", "Get": "GetItem",
-                "PutRequest": "PutItem", "DeleteRequest": "DeleteItem"}
-NO_ACTION_OF_THEIR_OWN = {"dynamodb:TransactWriteItems", "dynamodb:TransactGetItems"}
+                "PutRequest": "PutItem", "DeleteRequest": "DeleteItem",
+                # PartiQL statements in a BatchExecuteStatement, by their verb
+                "UPDATE": "PartiQLUpdate", "SELECT": "PartiQLSelect",
+                "INSERT": "PartiQLInsert", "DELETE": "PartiQLDelete"}
+NO_ACTION_OF_THEIR_OWN = {"dynamodb:TransactWriteItems", "dynamodb:TransactGetItems",
+                          "dynamodb:BatchExecuteStatement"}
 
 #: Operations that never run against real AWS, so the services' policy must not grant them:
 #: on AWS the stack creates the table (bootstrap then only calls DescribeTable) and the ASG;
@@ -128,7 +132,7 @@ def actions_for(operation: str) -> tuple[str, ...]:
     if name not in NO_ACTION_OF_THEIR_OWN and not rest:
         return (name,)
     kinds = rest.rstrip("]").split(",") if rest else sorted(
-        k for k in ITEM_ACTIONS if not k.endswith("Request"))
+        k for k in ITEM_ACTIONS if not k.endswith("Request") and not k.isupper())
     items = tuple(sorted({f"{service}:{ITEM_ACTIONS[k]}" for k in kinds if k}))
     return items if name in NO_ACTION_OF_THEIR_OWN else (name, *items)
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field
 
 from shared.messages.base import InstanceId, Ip, Message, ShortText
+from shared.messages.events import UserEvent
 
 # --- §4 agent messages -------------------------------------------------------------------
 #: base64 of a raw 32-byte Ed25519 public key.
@@ -39,6 +40,9 @@ class Heartbeat(Message):
     instance_id: InstanceId
     healthy: bool
     sent_at: datetime | None = None
+    #: v2: the user's last activity in code-server (its /healthz ``lastHeartbeat``); null
+    #: when code-server has seen none or does not say (a v1 agent omits it)
+    last_activity: datetime | None = None
 
 
 class Deregister(Message):
@@ -90,3 +94,17 @@ class PasswordSet(Message):
     instance_id: InstanceId
     command_id: CommandId
     sent_at: datetime
+
+
+class Notice(Message):
+    """Reaper → ``workerpool.agent.<instance-id>``: tell the VM's user about their lease
+    (a line to their terminals with ``wall`` and the notice file). No confirmation."""
+
+    type: Literal["notice"]
+    command_id: CommandId
+    event: UserEvent
+    sent_at: datetime
+
+
+#: What an agent's command queue carries.
+AgentCommand = Annotated[SetPassword | Notice, Field(discriminator="type")]

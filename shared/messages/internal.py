@@ -29,6 +29,12 @@ class LeasedEvent(Message):
     type: Literal["leased"]
     instance_id: InstanceId
     sent_at: datetime
+    #: every instance leased since the dispatcher's last event (``instance_id`` among them,
+    #: first): one event per batch instead of one per lease
+    instance_ids: list[InstanceId] | None = None
+
+    def leased_ids(self) -> list[str]:
+        return list(self.instance_ids or [self.instance_id])
 
 
 ScalingEvent = Annotated[ShortageEvent | LeasedEvent, Field(discriminator="type")]
@@ -53,4 +59,10 @@ class CapacityStatus(Message):
     free: int | None = Field(default=None, ge=0)  # free and healthy: a claim can have it now
     booting: int | None = Field(default=None, ge=0)  # launched, not registered yet
     pending: int | None = Field(default=None, ge=0)  # asked for, not launched yet
+    #: the rest of the scaler's count, for ``status`` requests (PROTOCOL v2 §3) without a
+    #: read of their own: every dispatcher answers them from the latest of these
+    leased: int | None = Field(default=None, ge=0)
+    draining: int | None = Field(default=None, ge=0)
+    dead: int | None = Field(default=None, ge=0)
+    waiting: int | None = Field(default=None, ge=0)  # every dispatcher's, summed
     sent_at: datetime

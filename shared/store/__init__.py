@@ -13,6 +13,7 @@ from typing import Any
 
 from shared.aws import QUICK, STANDARD, CallPolicy, Reachability, client, translate
 from shared.config import Settings
+from shared.store.heartbeats import BatchedHeartbeats
 from shared.store.leases import Leases, RequestSeen, UserAtLimit
 from shared.store.locks import Locks
 from shared.store.requests import Requests
@@ -29,9 +30,9 @@ class Store:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> Store:
-        """``policy=FAST`` for a process with deadlines (the dispatcher)."""
-        return cls(table=settings.table_name, region=settings.aws_region,
-                   endpoint_url=settings.aws_endpoint_url, **kwargs)
+        """``policy=FAST`` for a process with deadlines (the dispatcher). The endpoint is
+        botocore's to resolve (``AWS_ENDPOINT_URL_DYNAMODB``, ``AWS_ENDPOINT_URL``)."""
+        return cls(table=settings.table_name, region=settings.aws_region, **kwargs)
 
     def __init__(self, *, table: str, region: str, endpoint_url: str | None = None,
                  dynamodb: Any = None, policy: CallPolicy = STANDARD) -> None:
@@ -42,6 +43,7 @@ class Store:
         self.requests = Requests(self.table)
         self.leases = Leases(self.table, self.requests)
         self.locks = Locks(self.table)
+        self.heartbeats = BatchedHeartbeats(self.table)  # healthy ones, 25 per request
         self._region, self._endpoint = region, endpoint_url
         self._own_client = dynamodb is None
         self._ping_client: Any = dynamodb

@@ -60,16 +60,10 @@ class Leases:
                 self.forget_user(user_id, iid)
         return held
 
-    def holds(self, instance_id: str, *, user_id: str, request_id: str) -> bool:
-        """Whether the worker's item (read consistently) is leased for this request."""
-        item = self.table.get(instance_id) or {}
-        return (item.get("status") == "leased" and item.get("userId") == user_id
-                and item.get("requestId") == request_id)
-
     # --- a new lease --------------------------------------------------------------------
     def grant(self, worker: Worker, *, user_id: str, request_id: str, lease_seconds: int,
               now: float, max_leases: int, remember_seconds: int,
-              fresh_after: float | None = None) -> Worker:
+              fresh_after: float | None = None, reply_key: str | None = None) -> Worker:
         """free → leased for this user, atomically with remembering the request and counting
         the user's leases (one transaction). Raises ConditionFailed (worker taken),
         RequestSeen (request already answered) or UserAtLimit."""
@@ -78,7 +72,8 @@ class Leases:
         # after the worker's own item is gone (recycled)
         outcome = {"status": "assigned", "instance_id": worker.instance_id,
                    "public_ip": worker.public_ip, "private_ip": worker.private_ip,
-                   "lease_expiry": expiry, "tls_fingerprint": worker.tls_fingerprint}
+                   "lease_expiry": expiry, "tls_fingerprint": worker.tls_fingerprint,
+                   "reply": reply_key}
         try:
             self.table.transact([
                 self._take(worker, user_id, request_id, expiry, now, fresh_after),

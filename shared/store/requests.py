@@ -29,10 +29,16 @@ class Requests:
     def remember(self, user_id: str, request_id: str, outcome: dict[str, Any], *,
                  now: float, remember_seconds: int) -> dict[str, Any]:
         """Store an outcome unless one exists; returns the outcome that stands."""
+        return self.settle(user_id, request_id, outcome, now=now,
+                           remember_seconds=remember_seconds)[1]
+
+    def settle(self, user_id: str, request_id: str, outcome: dict[str, Any], *,
+               now: float, remember_seconds: int) -> tuple[bool, dict[str, Any]]:
+        """``remember``, also telling whether this call stored it (True) or found one."""
         if self.table.put_new(outcome_item(user_id, request_id, outcome, now=now,
                                            remember_seconds=remember_seconds)):
-            return outcome
-        return self.recall(user_id, request_id) or outcome
+            return True, outcome
+        return False, self.recall(user_id, request_id) or outcome
 
     def replace(self, user_id: str, request_id: str, outcome: dict[str, Any], *,
                 now: float, remember_seconds: int) -> None:

@@ -77,7 +77,7 @@ class Table:
         self.name = name
         self.db = dynamodb
         self.policy = policy
-        self.reachability = reachability or Reachability()
+        self.reachability = reachability or Reachability("DynamoDB")
 
     @aws_call
     def _request(self, call: Any, **kwargs: Any) -> Any:

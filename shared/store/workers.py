@@ -7,6 +7,7 @@ shared.store.leases.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ConditionFailed
@@ -21,6 +22,29 @@ from shared.store.table import Table, TransactionCancelled, key, marshal
 
 #: How long a tombstone keeps a recycled instance from registering again.
 TOMBSTONE_SECONDS = 86400
+
+
+@dataclass(frozen=True)
+class LeaseClock:
+    """A worker and the clocks of its lease's end (reaper/ending.py): the user's last
+    activity, the lease's start and renewal, the last notice sent (reaper/clocks.py)."""
+
+    worker: Worker
+    last_activity: float | None = None
+    leased_at: float | None = None
+    renewed_at: float | None = None
+    notice: str | None = None
+
+    @property
+    def idle_since(self) -> float | None:
+        """The user's last sign of life: activity, the lease's start, or a renew."""
+        return max((t for t in (self.last_activity, self.leased_at, self.renewed_at) if t),
+                   default=None)
+
+
+def to_lease_clock(item: dict[str, Any]) -> LeaseClock:
+    return LeaseClock(to_worker(item), item.get("lastActivity"), item.get("leasedAt"),
+                      item.get("renewedAt"), item.get("notice"))
 
 
 class KeyMismatch(ConditionFailed):
@@ -157,17 +181,32 @@ class Workers:
                 "ConditionExpression": "attribute_not_exists(instanceId)"}},
         ])
 
-    def heartbeat(self, instance_id: str, *, healthy: bool, now: float) -> Worker:
-        """Record a heartbeat of a free or leased worker (ConditionFailed otherwise), and
-        since when it has been unhealthy (the reaper replaces a free one after a grace)."""
-        spell = ("REMOVE unhealthySince" if healthy
-                 else ", unhealthySince = if_not_exists(unhealthySince, :now)")
-        item = self.table.update(
-            instance_id, f"SET lastHeartbeat = :now, healthy = :h {spell}".replace(" ,", ","),
-            {":now": now, ":h": healthy, ":free": "free", ":leased": "leased"},
-            condition="#s IN (:free, :leased) AND lastHeartbeat <= :now",
-            what="heartbeat: not a free or leased worker (or an older heartbeat)",
-        )
+    def heartbeat(self, instance_id: str, *, healthy: bool, now: float,
+                  last_activity: float | None = None) -> Worker:
+        """Record a heartbeat of a free or leased worker (ConditionFailed otherwise), since
+        when it has been unhealthy (the reaper replaces a free one after a grace), and the
+        user's ``last_activity`` (at most ``now``) when newer than the one stored."""
+        sets = ["lastHeartbeat = :now", "healthy = :h"]
+        values: dict[str, Any] = {":now": now, ":h": healthy, ":free": "free",
+                                  ":leased": "leased"}
+        condition = "#s IN (:free, :leased) AND lastHeartbeat <= :now"
+        if not healthy:
+            sets.append("unhealthySince = if_not_exists(unhealthySince, :now)")
+        if last_activity is not None:
+            sets.append("lastActivity = :act")
+            values[":act"] = min(last_activity, now)
+            condition += " AND (attribute_not_exists(lastActivity) OR lastActivity <= :act)"
+        try:
+            item = self.table.update(
+                instance_id, "SET " + ", ".join(sets) + (" REMOVE unhealthySince"
+                                                         if healthy else ""),
+                values, condition=condition,
+                what="heartbeat: not a free or leased worker (or an older heartbeat)")
+        except ConditionFailed as exc:
+            if ":act" in values and (exc.item or {}).get("lastActivity", 0) > values[":act"]:
+                # older activity than stored (a clock stepped back): the beat still counts
+                return self.heartbeat(instance_id, healthy=healthy, now=now)
+            raise
         return to_worker(item)
 
     def deregister(self, instance_id: str, *, now: float, reason: str = "deregistered"
@@ -254,3 +293,8 @@ class Workers:
                ) -> bool:
         """Delete a worker item (optionally only in these statuses); False if it was gone."""
         return self.table.delete(instance_id, only_if_status=only_if_status)
+
+    def lease_clock(self, instance_id: str) -> LeaseClock | None:
+        """A worker with the clocks of its lease (read consistently); None if no worker."""
+        item = self.table.get(instance_id)
+        return to_lease_clock(item) if item and "status" in item else None

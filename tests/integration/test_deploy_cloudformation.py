@@ -218,15 +218,16 @@ def test_the_boot_script_makes_the_users_with_rabbitmqctl_passwords_on_stdin(
     perms = [c["args"] for c in calls if c["args"][0] == "set_permissions"]
     assert perms == [["set_permissions", "-p", "/", u, _perms(u)["configure"], _perms(u)["write"],
                       _perms(u)["read"]] for u in made]
-    topic = DEFINITIONS["topic_permissions"][0]
-    assert ["set_topic_permissions", "-p", "/", topic["user"], topic["exchange"], topic["write"],
-            topic["read"]] in [c["args"] for c in calls]
-    policy = DEFINITIONS["policies"][0]
-    set_policy = next(c["args"] for c in calls if c["args"][0] == "set_policy")
-    assert set_policy[:-1] == ["set_policy", "-p", "/", "--apply-to", policy["apply-to"],
-                               "--priority", str(policy["priority"]), policy["name"],
-                               policy["pattern"]]
-    assert json.loads(set_policy[-1]) == policy["definition"]
+    for topic in DEFINITIONS["topic_permissions"]:
+        assert ["set_topic_permissions", "-p", "/", topic["user"], topic["exchange"],
+                topic["write"], topic["read"]] in [c["args"] for c in calls]
+    set_policies = [c["args"] for c in calls if c["args"][0] == "set_policy"]
+    assert len(set_policies) == len(DEFINITIONS["policies"])
+    for policy, set_policy in zip(DEFINITIONS["policies"], set_policies, strict=True):
+        assert set_policy[:-1] == ["set_policy", "-p", "/", "--apply-to", policy["apply-to"],
+                                   "--priority", str(policy["priority"]), policy["name"],
+                                   policy["pattern"]]
+        assert json.loads(set_policy[-1]) == policy["definition"]
 
 
 @pytest.fixture
@@ -262,15 +263,16 @@ def test_the_boot_script_makes_the_users_through_amazon_mqs_api_as_its_admin(
     assert {auth for _, auth, _ in management_api["requests"]} == {f"Basic {admin}"}
     got = {path: body for path, _, body in management_api["requests"]}
     users = [u for u in boot["passwords"] if u != "workerpool-admin"]
-    topic, policy = DEFINITIONS["topic_permissions"][0], DEFINITIONS["policies"][0]
     assert got == {
         **{f"/api/users/{u}": {"password": boot["passwords"][u], "tags": ""} for u in users},
         **{f"/api/permissions/%2F/{u}": {k: _perms(u)[k] for k in ("configure", "write", "read")}
            for u in users},
-        f"/api/topic-permissions/%2F/{topic['user']}": {
-            k: topic[k] for k in ("exchange", "write", "read")},
-        f"/api/policies/%2F/{policy['name']}": {
-            k: policy[k] for k in ("pattern", "apply-to", "priority", "definition")}}
+        **{f"/api/topic-permissions/%2F/{t['user']}": {
+            k: t[k] for k in ("exchange", "write", "read")}
+           for t in DEFINITIONS["topic_permissions"]},
+        **{f"/api/policies/%2F/{p['name']}": {
+            k: p[k] for k in ("pattern", "apply-to", "priority", "definition")}
+           for p in DEFINITIONS["policies"]}}
 
 
 def test_the_boot_script_stops_on_a_refusal_without_showing_a_password(

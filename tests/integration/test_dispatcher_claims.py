@@ -53,7 +53,8 @@ def test_a_claim_gets_a_worker_and_only_its_holder_can_renew_or_release_it(
     assert first["status"] == "assigned" and first["reason"] is None
     assert first["worker"] == {"instance_id": iid, "public_ip": "198.51.100.1",
                                "private_ip": "10.0.0.1", "url": "http://198.51.100.1:8080",
-                               "password": None, "tls_fingerprint": None}
+                               "password": None, "tls_fingerprint": None,
+                               "instance_type": "t3.medium"}  # the type the user got (v2)
     expiry = first["lease_expiry"]
     assert expiry.endswith("Z") and expiry > iso(time.time() + 590)
 

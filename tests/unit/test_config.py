@@ -59,17 +59,6 @@ def test_fractional_intervals_are_accepted_and_timeout_follows(monkeypatch: pyte
     assert s.reap_interval == 0.1
 
 
-def test_leases_are_rechecked_only_against_an_overridden_aws_endpoint(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LEASE_RECHECK_SECONDS", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    assert parse_settings().lease_recheck_seconds == 0  # real DynamoDB: atomic
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
-    assert parse_settings().lease_recheck_seconds == 0.05  # an emulator
-    monkeypatch.setenv("LEASE_RECHECK_SECONDS", "0")
-    assert parse_settings().lease_recheck_seconds == 0  # said explicitly
-
-
 def test_a_timeout_not_above_the_interval_is_allowed_but_flagged(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEARTBEAT_TIMEOUT", "5")
