@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from itertools import count
 from typing import Any
 
 import pika
@@ -33,6 +34,11 @@ from shared.errors import BrokerUnavailable, Unroutable
 
 log = logging.getLogger(__name__)
 
+#: message ids: this process's random prefix and a counter (unique without a syscall each,
+#: as uuid4's urandom is; they only tell messages apart in logs and the management UI)
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ids = count(1)
+
 
 def properties(
     *,
@@ -52,7 +58,7 @@ def properties(
         reply_to=reply_to,
         correlation_id=correlation_id,
         headers=headers,
-        message_id=uuid.uuid4().hex,
+        message_id=f"{_ID_PREFIX}-{next(_ids):x}",
         timestamp=int(time.time()),
         expiration=expiration,
     )

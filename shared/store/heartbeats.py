@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 #: BatchExecuteStatement's limit.
 BATCH = 25
 PROBE_KEY = "probe#partiql"
+#: After a probe DynamoDB did not answer, heartbeats go one by one this long before the next.
+PROBE_AGAIN_SECONDS = 30.0
 
 Result = Literal["written", "refused", "failed"]
 
@@ -67,12 +70,17 @@ def results(responses: list[dict[str, Any]]) -> list[Result]:
     return out
 
 
+class _Unsupported(Exception):
+    """The probe's statement failed inside the service."""
+
+
 class BatchedHeartbeats:
     """Thread-safe."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self._applies: bool | None = None  # whether this table applies PartiQL UPDATEs
+        self._probe_after = float("-inf")
         self._lock = threading.Lock()
 
     @property
@@ -85,10 +93,12 @@ class BatchedHeartbeats:
 
     def available(self) -> bool:
         """Whether batches apply here (probed once; moto's PartiQL does not). While DynamoDB
-        does not answer, False, and the probe is tried again next time."""
+        does not answer, False, and the probe is tried again PROBE_AGAIN_SECONDS later (a
+        probe is four requests: not for every batch of a struggling table)."""
         with self._lock:
-            if self._applies is None:
+            if self._applies is None and time.monotonic() >= self._probe_after:
                 self._applies = self._probe()
+                self._probe_after = time.monotonic() + PROBE_AGAIN_SECONDS
             return bool(self._applies)
 
     def write(self, beats: list[Beat]) -> list[Result]:
@@ -106,11 +116,19 @@ class BatchedHeartbeats:
             try:
                 db.put_item(TableName=name, Item=marshal(
                     {"instanceId": PROBE_KEY, "status": "free", "lastHeartbeat": 0}))
-                self.write([Beat(PROBE_KEY, True, 1.0)])
+                db.batch_execute_statement(Statements=[statement(name, Beat(PROBE_KEY, True,
+                                                                            1.0))])
                 item = db.get_item(TableName=name, Key=key(PROBE_KEY), ConsistentRead=True)
-                db.delete_item(TableName=name, Key=key(PROBE_KEY))
-            except (ClientError, BotoCoreError) as exc:
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                    # an emulator that cannot parse the statement (the moto server) fails
+                    # inside: no table that applies PartiQL would (botocore retried it)
+                    raise _Unsupported(str(exc)) from exc
                 raise translate(exc) from exc
+            except BotoCoreError as exc:
+                raise translate(exc) from exc
+            finally:
+                self._forget_probe()
         except AwsUnavailable:
             return None  # not known yet
         except Exception as exc:  # AwsError: e.g. no dynamodb:PartiQLUpdate in the policy;
@@ -123,3 +141,9 @@ class BatchedHeartbeats:
                  "heartbeats are written one by one: this DynamoDB does not apply PartiQL "
                  "updates (moto)", extra={"partiql": applied})
         return applied
+
+    def _forget_probe(self) -> None:
+        try:
+            self.table.db.delete_item(TableName=self.table.name, Key=key(PROBE_KEY))
+        except (ClientError, BotoCoreError):
+            log.debug("probe item not deleted (the next probe puts it again)")

@@ -27,6 +27,7 @@ def exercise_store(store: Store) -> None:
         store.workers.register(iid, now=now + k * 0.01, private_ip=f"10.0.0.{k + 1}",
                                public_ip=None)
     store.workers.heartbeat(ids[0], healthy=True, now=now + 1)
+    store.heartbeats.available()  # the batch probe: a PartiQL UPDATE (moto answers it)
     free = store.workers.find_free()
     store.workers.count("free", healthy_only=True)
     worker = store.workers.get(free[0].instance_id)
@@ -99,6 +100,7 @@ def test_the_recording_covers_both_services_and_the_transaction(recorded: set[st
     assert {"dynamodb:TransactWriteItems[ConditionCheck,Update]",  # a registration
             "dynamodb:TransactWriteItems[Put,Update]",  # a lease
             "dynamodb:Query", "dynamodb:Scan",
+            "dynamodb:BatchExecuteStatement[UPDATE]",  # heartbeats in batches
             "autoscaling:SetDesiredCapacity",
             "autoscaling:TerminateInstanceInAutoScalingGroup"} <= recorded
     assert "dynamodb:CreateTable" not in recorded  # the table existed: bootstrap only looked
