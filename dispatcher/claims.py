@@ -21,6 +21,7 @@ not need (the scaler's leased event, metrics) comes after the reply.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -154,9 +155,13 @@ class ClaimService(Answering):
         """One index Query for a page of free workers (a worker silent for
         HEARTBEAT_TIMEOUT is dead even before the reaper says so: not listed)."""
         found: list[Worker] = []
+        now = self.clock.now()
+        # from a random point of the last heartbeat interval (over which live workers'
+        # heartbeats spread): another dispatcher's page is another part of the pool
+        split = now - random.uniform(0, self.settings.heartbeat_interval)
         try:
             found = self.store.workers.find_free(
-                limit=PAGE, fresh_after=self.clock.now() - self.settings.dead_after)
+                limit=PAGE, fresh_after=now - self.settings.dead_after, split=split)
         finally:
             self.free.refilled(found, PAGE)
 

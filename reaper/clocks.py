@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.state import Worker
-from shared.store.schema import LEASE_INDEX, to_worker
+from shared.state import LeaseClock, Worker
+from shared.store.schema import LEASE_INDEX, to_lease_clock, to_worker
 from shared.store.table import Table
-from shared.store.workers import LeaseClock, to_lease_clock
 
 #: Leases read per page: a page is one request, capped at 1 MB by DynamoDB anyway.
 PAGE = 1000

@@ -24,8 +24,7 @@ from shared.messages.events import (
     LeaseExtended,
     at,
 )
-from shared.state import Worker
-from shared.store.workers import LeaseClock
+from shared.state import LeaseClock, Worker
 
 NoticeKind = Literal["lease_ending", "lease_extended"]
 _KEY_KIND = {"lease_ending": "ending", "lease_extended": "extended"}

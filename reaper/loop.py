@@ -29,8 +29,8 @@ from shared.clock import Clock, SystemClock
 from shared.config import Settings
 from shared.errors import AwsError, AwsUnavailable, LockLost
 from shared.leader import Leadership
+from shared.state import LeaseClock
 from shared.store import Store
-from shared.store.workers import LeaseClock
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 
 from reaper.ending import ExpireIdle, Notify, lease_actions
 from shared.config import Settings
-from shared.state import AsgState, Worker
-from shared.store.workers import LeaseClock
+from shared.state import AsgState, LeaseClock, Worker
 
 #: ``reason`` that store.mark_dead writes for a booting item: such a worker was never
 #: handed out, so it is replaced (no decrement) rather than recycled (decrement).

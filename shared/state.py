@@ -81,3 +81,21 @@ class Activity:
     @property
     def failed(self) -> bool:
         return self.status_code in ("Failed", "Cancelled")
+
+
+@dataclass(frozen=True)
+class LeaseClock:
+    """A worker and the clocks of its lease's end (reaper/ending.py): the user's last
+    activity, the lease's start and renewal, the last notice sent (reaper/clocks.py)."""
+
+    worker: Worker
+    last_activity: float | None = None
+    leased_at: float | None = None
+    renewed_at: float | None = None
+    notice: str | None = None
+
+    @property
+    def idle_since(self) -> float | None:
+        """The user's last sign of life: activity, the lease's start, or a renew."""
+        return max((t for t in (self.last_activity, self.leased_at, self.renewed_at) if t),
+                   default=None)

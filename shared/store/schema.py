@@ -27,7 +27,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.aws import aws_call, error_code
-from shared.state import Worker
+from shared.state import LeaseClock, Worker
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,8 @@ def create_table(db: Any, table: str) -> bool:
     except ClientError as exc:  # TTL is housekeeping only: rules compare times themselves
         log.warning("could not enable TTL", extra={"error": str(exc)})
     return True
+
+
+def to_lease_clock(item: dict[str, Any]) -> LeaseClock:
+    return LeaseClock(to_worker(item), item.get("lastActivity"), item.get("leasedAt"),
+                      item.get("renewedAt"), item.get("notice"))

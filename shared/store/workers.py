@@ -7,14 +7,14 @@ shared.store.leases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ConditionFailed
-from shared.state import Status, Worker
+from shared.state import LeaseClock, Status, Worker
 from shared.store.schema import (
     HEARTBEAT_INDEX,
     TTL_ATTRIBUTE,
+    to_lease_clock,
     to_worker,
     tombstone_key,
 )
@@ -22,29 +22,6 @@ from shared.store.table import Table, TransactionCancelled, key, marshal
 
 #: How long a tombstone keeps a recycled instance from registering again.
 TOMBSTONE_SECONDS = 86400
-
-
-@dataclass(frozen=True)
-class LeaseClock:
-    """A worker and the clocks of its lease's end (reaper/ending.py): the user's last
-    activity, the lease's start and renewal, the last notice sent (reaper/clocks.py)."""
-
-    worker: Worker
-    last_activity: float | None = None
-    leased_at: float | None = None
-    renewed_at: float | None = None
-    notice: str | None = None
-
-    @property
-    def idle_since(self) -> float | None:
-        """The user's last sign of life: activity, the lease's start, or a renew."""
-        return max((t for t in (self.last_activity, self.leased_at, self.renewed_at) if t),
-                   default=None)
-
-
-def to_lease_clock(item: dict[str, Any]) -> LeaseClock:
-    return LeaseClock(to_worker(item), item.get("lastActivity"), item.get("leasedAt"),
-                      item.get("renewedAt"), item.get("notice"))
 
 
 class KeyMismatch(ConditionFailed):
@@ -62,15 +39,31 @@ class Workers:
         item = self.table.get(instance_id)
         return to_worker(item) if item and "status" in item else None
 
-    def find_free(self, limit: int = 10, *, fresh_after: float | None = None) -> list[Worker]:
+    def find_free(self, limit: int = 10, *, fresh_after: float | None = None,
+                  split: float | None = None) -> list[Worker]:
         """Free, healthy workers, freshest heartbeat first: one index Query, never a Scan.
         With ``fresh_after``, only those heard from since then (a silent worker is never
-        handed out, even before the reaper marks it dead): the index is sorted on it."""
+        handed out, even before the reaper marks it dead): the index is sorted on it.
+        With ``split`` (a heartbeat time after ``fresh_after``), those heard from at or
+        before it first, then (a second Query, only if that page is short) the fresher
+        ones: dispatchers that split at different points get different pages."""
+        if split is None or fresh_after is None:
+            return self._free_page(limit, fresh_after, None)
+        found = self._free_page(limit, fresh_after, split)
+        if len(found) < limit:
+            found += self._free_page(limit - len(found), split, None)
+        return found
+
+    def _free_page(self, limit: int, after: float | None, until: float | None
+                   ) -> list[Worker]:
         values: dict[str, Any] = {":free": "free", ":yes": True}
         condition = "#s = :free"
-        if fresh_after is not None:
+        if after is not None and until is not None:
+            condition += " AND lastHeartbeat BETWEEN :fresh AND :until"
+            values[":fresh"], values[":until"] = after, until
+        elif after is not None:
             condition += " AND lastHeartbeat > :fresh"
-            values[":fresh"] = fresh_after
+            values[":fresh"] = after
         items = self.table.query(HEARTBEAT_INDEX, condition, values,
                                  filter_expression="healthy = :yes", limit=limit,
                                  forward=False, page_size=max(limit, 10))

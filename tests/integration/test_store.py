@@ -208,6 +208,22 @@ def test_creating_the_table_twice_is_harmless(store: Store) -> None:
     assert store.create_table() is False
 
 
+def test_a_split_page_starts_at_the_split_and_takes_the_fresher_ones_only_to_fill_up(
+        store: Store) -> None:
+    now = time.time()
+    ids = register(store, 6, now)
+    for k, iid in enumerate(ids):  # heard from at now+1 ... now+6
+        store.workers.heartbeat(iid, healthy=True, now=now + 1 + k)
+
+    def page(limit: int, split: float) -> list[str]:
+        return [w.instance_id for w in store.workers.find_free(limit, fresh_after=now,
+                                                               split=split)]
+
+    assert page(3, now + 4) == [ids[3], ids[2], ids[1]]  # at or before the split, freshest first
+    assert page(6, now + 2) == [ids[1], ids[0], ids[5], ids[4], ids[3], ids[2]]
+    assert page(6, now + 0.5) == list(reversed(ids))  # nothing before it: the plain page
+
+
 def test_a_worker_silent_for_the_timeout_is_neither_found_free_nor_leased(store: Store) -> None:
     now = time.time()
     quiet, lively = register(store, 2, now)

@@ -21,8 +21,7 @@ from reaper.ending import (
 from reaper.rules import MarkDead, Recycle, Snapshot, instance_of, plan
 from shared.config import parse_settings
 from shared.messages import LeaseEnding, LeaseExtended, UserEvent, decode, event_text
-from shared.state import AsgInstance, AsgState, Worker
-from shared.store.workers import LeaseClock
+from shared.state import AsgInstance, AsgState, LeaseClock, Worker
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
