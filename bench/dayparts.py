@@ -79,6 +79,17 @@ def arrivals_per_bin(trace: Sequence[Session], bin_s: float, start: float, end: 
     return bins
 
 
+def in_progress(trace: Sequence[Session], start: float, end: float, step: float
+                ) -> list[tuple[float, int]]:
+    """(t, sessions under way at t) for t in [start, end) every ``step`` day seconds: how
+    many people want a machine at once, the demand the pool follows."""
+    out, t = [], start
+    while t < end:
+        out.append((t, sum(1 for s in trace if s.arrive <= t < s.leave)))
+        t += step
+    return out
+
+
 def vm_minutes(samples: Sequence[tuple[float, int]], speed: float) -> float:
     """Integral of a count over the run (samples of (run seconds, count), step-wise), in
     day minutes (``speed`` day seconds per run second)."""
@@ -115,6 +126,25 @@ def summary(variant: str, claims: Sequence[Mapping[str, Any]],
 DAY_HEAD = ("warm target", "claims assigned", "wait p50 / p95 / max (day s)",
             "waited > 1 min", "idle VM-minutes (free workers)", "VM-minutes (all)",
             "peak desired", "boot to ready p50 / p90 (day s)")
+
+
+RATIOS = (("wait_p50", "claim wait p50"), ("wait_p95", "p95"), ("wait_max", "max"),
+          ("idle_vm_min", "idle VM-minutes"), ("vm_min", "all VM-minutes"))
+
+
+def day_ratios(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """``learned:1 ÷ fixed:2 (same run): claim wait p50 0.26×, …`` for the first learned and
+    the first fixed variant; None unless the run has both (or a figure is missing)."""
+    learned = next((r for r in rows if str(r["variant"]).startswith("learned")), None)
+    fixed = next((r for r in rows if str(r["variant"]).startswith("fixed")), None)
+    if learned is None or fixed is None:
+        return None
+    parts = []
+    for key, name in RATIOS:
+        if learned.get(key) is None or not fixed.get(key):
+            return None
+        parts.append(f"{name} {learned[key] / fixed[key]:.2f}×")
+    return f"{learned['variant']} ÷ {fixed['variant']} (same run): " + ", ".join(parts)
 
 
 def day_table(rows: Sequence[Mapping[str, Any]]) -> str:

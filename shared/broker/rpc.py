@@ -59,7 +59,7 @@ class RpcClient:
         while wanted - self._replies.keys() and time.monotonic() < deadline:
             try:
                 self._conn.process_data_events(
-                    time_limit=min(0.1, deadline - time.monotonic()))
+                    time_limit=max(0.0, min(0.1, deadline - time.monotonic())))
             except CONNECTION_ERRORS as exc:
                 lost = BrokerUnavailable(f"lost the connection awaiting replies: {exc!r}")
                 raise lost from exc

@@ -160,3 +160,62 @@ def test_the_proxy_forwards_on_a_kept_alive_connection_and_counts_what_came_back
     assert got.calls == {"Query": 2} and got.reads == {"Query": 8}
     assert got.capacity == 1.0
     assert all(r["ReturnConsumedCapacity"] == "TOTAL" for r in FakeDynamoDB.seen)
+
+
+# --- bench.day's pure parts (bench/dayparts.py) and its plot ------------------------------
+def day_row(variant: str, **figures: Any) -> dict[str, Any]:
+    row = {"variant": variant, "claims": 3, "assigned": 3, "wait_p50": 10.0,
+           "wait_p95": 100.0, "wait_max": 200.0, "waited_over_1min": 1, "idle_vm_min": 50.0,
+           "vm_min": 400.0, "peak_desired": 6, "boot_p50": 60.0, "boot_p90": 90.0}
+    return {**row, **figures}
+
+
+def test_the_day_is_seeded_ordered_and_inside_its_hours() -> None:
+    from bench.dayparts import HOUR, day_trace
+
+    trace = day_trace(24, start_h=7.0, end_h=21.0)
+    assert trace == day_trace(24, start_h=7.0, end_h=21.0)
+    assert [s.arrive for s in trace] == sorted(s.arrive for s in trace)
+    assert all(7 * HOUR <= s.arrive < s.leave <= 21 * HOUR for s in trace)
+
+
+def test_sessions_under_way_count_who_has_arrived_and_not_left() -> None:
+    from bench.dayparts import Session, in_progress
+
+    trace = [Session("a", 100, 300), Session("b", 200, 400)]
+    assert in_progress(trace, 0, 500, 100) == [(0, 0), (100, 1), (200, 2), (300, 1), (400, 0)]
+
+
+def test_vm_minutes_integrate_samples_in_day_minutes() -> None:
+    from bench.dayparts import vm_minutes
+
+    # 2 machines for 1 run second, then 4 for 2 run seconds, at 60x: 2 + 8 = 10 day minutes
+    assert vm_minutes([(0.0, 2), (1.0, 4), (3.0, 0)], 60) == pytest.approx(10)
+    assert vm_minutes([(0.0, 5)], 60) == 0
+
+
+def test_ratios_compare_the_learned_target_with_the_fixed_one_of_the_same_run() -> None:
+    from bench.dayparts import day_ratios
+
+    rows = [day_row("fixed:2"), day_row("learned:1", wait_p50=5.0, wait_p95=25.0,
+                                        wait_max=50.0, idle_vm_min=75.0, vm_min=440.0)]
+    assert day_ratios(rows) == (
+        "learned:1 ÷ fixed:2 (same run): claim wait p50 0.50×, p95 0.25×, max 0.25×, "
+        "idle VM-minutes 1.50×, all VM-minutes 1.10×")
+    assert day_ratios(rows[:1]) is None
+    assert day_ratios([rows[0], day_row("learned:1", wait_p50=None)]) is None
+
+
+def test_the_day_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the bench extra is not installed")
+    from bench.dayparts import day_trace
+    from bench.dayplot import plot_day
+
+    args = SimpleNamespace(start=8.0, end=10.0, speed=360.0, users=4)
+    trace = day_trace(4, start_h=8.0, end_h=10.0)
+    samples = {key: [(0.0, 2), (10.0, 3), (20.0, 2)] for key in ("free", "live", "target")}
+    claims = [{"status": "assigned", "sent_s": 5.0, "wait_s": 0.5}]
+    rows = [{**day_row(v), "series": {"samples": samples, "claims": claims}}
+            for v in ("fixed:2", "learned:1")]
+    path = plot_day(rows, trace, args, tmp_path / "day.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
