@@ -49,8 +49,8 @@ def main() -> int:
                                 consumer=consumer, metrics=metrics, passwords=passwords,
                                 check=check)
         dispatcher.attach()
-        rt.health.add_check("broker", dispatcher.broker_check)
-        rt.health.add_check("aws", dispatcher.aws_check)
+        rt.health.add_check("broker", dispatcher.health.broker)
+        rt.health.add_check("aws", dispatcher.health.aws)
         rt.on_stop(consumer.stop)
         announced: list[bool] = []
 

@@ -1,24 +1,18 @@
 """The dispatcher's story: one consumer thread takes messages, a pool of workers does them.
 
-* ``workerpool.claims``: a claim is assigned a free worker (a conditional lease), answered
-  ``unavailable`` (``wait_seconds: 0``), or moved to ``workerpool.claims.waiting``.
-* ``workerpool.claims.waiting`` (single active consumer): the waiting room, served every
-  WAIT_POLL_INTERVAL seconds in arrival order (``waiting.py``).
-* ``workerpool.leases``: release and renew (``leases.py``); v2: cancel (``cancel.py``: a
-  waiting claim's cancel goes on to the waiting queue, whose holder answers both) and
-  status (``status.py``: the scaler's latest count and the caller's leases).
-* ``workerpool.agents``: register, heartbeat, deregister (``agents.py``).
-* ``workerpool.capacity`` (fanout from the scaler): the machines free and coming, and whether
-  launches work (which waiting claims the pool can still serve).
-* every second: tell the scaler about a shortage (free < TARGET_AVAILABLE, or waiting).
-* ``workerpool.confirm.<this dispatcher>`` (LEASE_PASSWORDS only, exclusive): agents confirm
-  the per-lease passwords here (``passwords.py``).
+* ``workerpool.claims``: assigned a free worker (one lease transaction), answered
+  ``unavailable`` (``wait_seconds: 0``), or moved to the waiting room (``waiting.py``: a
+  single-active-consumer queue served every WAIT_POLL_INTERVAL in arrival order).
+* ``workerpool.leases``: release, renew (``leases.py``); v2 cancel and status (``cancel.py``,
+  ``status.py``). ``workerpool.agents``: ``agents.py``, ``heartbeats.py``.
+* ``workerpool.capacity`` (the scaler's fanout): machines free and coming, launches working.
+* every second, a shortage (free < TARGET_AVAILABLE, or claims waiting) told to the scaler;
+  with LEASE_PASSWORDS, agents' confirmations on our own queue (``passwords.py``).
 
-The consumer thread only decodes and hands out; anything that touches DynamoDB runs on a
-``ThreadPoolExecutor``. Acks go back through ``Delivery.ack`` (thread-safe), always after
-the reply is published and the outcome stored. On stop, jobs not yet started are dropped
-unacked (the broker redelivers them), running ones finish, and the waiting claims we hold
-return to their queue when the connection closes.
+The consumer thread only decodes and hands out; what touches DynamoDB runs on a
+``ThreadPoolExecutor``. Acks go back (``Delivery.ack``, thread-safe) after the reply is
+published and the outcome stored. On stop, jobs not yet started are dropped unacked (the
+broker redelivers them), running ones finish, and the waiting claims we hold go back.
 """
 
 from __future__ import annotations
@@ -34,6 +28,7 @@ from dispatcher.admission import Admission
 from dispatcher.agents import AgentService
 from dispatcher.attestation import AgentCheck, AgentKeys
 from dispatcher.claims import ClaimService
+from dispatcher.health import HealthChecks
 from dispatcher.heartbeats import FLUSH_SECONDS, HeartbeatService
 from dispatcher.leases import LeaseService
 from dispatcher.membership import AsgMembers
@@ -71,7 +66,6 @@ SHORTAGE_INTERVAL = 1.0
 REFILL_INTERVAL = 0.5
 #: How often the leases made since are told to the scaler (one event for all of them).
 LEASED_INTERVAL = 0.2
-AWS_CHECK_SECONDS = 5.0
 
 
 class Dispatcher:
@@ -85,8 +79,7 @@ class Dispatcher:
         self.consumer = consumer
         self.metrics = metrics
         self.clock = clock or SystemClock()
-        self.pool = ThreadPoolExecutor(settings.dispatcher_threads,
-                                       thread_name_prefix="dispatcher")
+        self.pool = ThreadPoolExecutor(settings.dispatcher_threads, thread_name_prefix="dispatcher")
         #: answering claims at their deadline: a thread of its own, which no job stuck on
         #: a hanging AWS can hold up (a deadline is a promise)
         self.deadlines = ThreadPoolExecutor(1, thread_name_prefix="dispatcher-deadlines")
@@ -114,12 +107,10 @@ class Dispatcher:
         self._pending_lock = threading.Lock()
         self._singletons: set[str] = set()  # periodic jobs running now (never two at once)
         self._last_shortage: assign.ShortageSent | None = None
-        self._aws_checked: tuple[float, bool, str] = (0.0, False, "not checked yet")
-        # periodic jobs on a thread of their own: they go on while the consumer reconnects
-        self.ticker = ticker or Ticker("dispatcher-ticker")
+        self.ticker = ticker or Ticker("dispatcher-ticker")  # goes on while reconnecting
+        self.health = HealthChecks(self.consumer, store)  # /health: broker, aws
         self._resubscriptions = 0
-        #: who we are in our reports (the scaler sums every dispatcher's waiting count)
-        self.name = connection_name("dispatcher")
+        self.name = connection_name("dispatcher")  # in our reports (the scaler sums them)
 
     # --- wiring --------------------------------------------------------------------------
     def attach(self) -> None:
@@ -307,20 +298,3 @@ class Dispatcher:
             reporter=self.name).to_json())
         self._last_shortage = assign.ShortageSent(free, waiting, now)
         log.info("shortage reported", extra={"free": free, "waiting": waiting})
-
-    # --- health ----------------------------------------------------------------------------
-    def broker_check(self) -> tuple[bool, str]:
-        ok = self.consumer.connected.is_set()
-        return ok, "connected" if ok else "not connected to the broker"
-
-    def aws_check(self) -> tuple[bool, str]:
-        at, ok, detail = self._aws_checked
-        if time.monotonic() - at < AWS_CHECK_SECONDS:
-            return ok, detail
-        try:
-            self.store.ping()
-            result = (time.monotonic(), True, f"table {self.store.table.name} reachable")
-        except Exception as exc:
-            result = (time.monotonic(), False, f"DynamoDB: {exc}")
-        self._aws_checked = result
-        return result[1], result[2]
