@@ -46,7 +46,7 @@ class Answering:
         client's exclusive reply queue is gone) is undone: nobody would ever use it."""
         ids = {"request_id": req.request_id, "user_id": req.user_id,
                "instance_id": got.reply.worker.instance_id if got.reply.worker else None}
-        if assign.answered_already(d.redelivered, assign.reply_key(d.reply_to, d.correlation_id),
+        if assign.answered_already(maybe_a_copy(d), assign.reply_key(d.reply_to, d.correlation_id),
                                    got.answered_to):
             log.info("redelivered claim was answered already: not answered twice", extra=ids)
             self.finish(d, got.reply, arrived, already_sent=True)
@@ -116,7 +116,7 @@ class Answering:
             reply = ClaimReply(request_id=req.request_id, status="unavailable", reason=reason)
         else:
             got = self._repeated(req, stands)
-            if assign.answered_already(d.redelivered, key, got.answered_to):
+            if assign.answered_already(maybe_a_copy(d), key, got.answered_to):
                 log.info("redelivered claim was answered already: not answered twice",
                          extra=ids)
                 self.finish(d, got.reply, arrived, already_sent=True)
@@ -145,3 +145,10 @@ class Answering:
             log.warning("reply queue is gone", extra={"request_id": reply.request_id})
             return False
         return True
+
+
+def maybe_a_copy(d: Delivery) -> bool:
+    """Whether this claim may have been answered through another delivery: a redelivery, or
+    a waiting-room copy (a claim moved there whose ack on ``workerpool.claims`` was lost,
+    e.g. with a broker node, comes back there too)."""
+    return d.redelivered or d.queue == topology.WAITING

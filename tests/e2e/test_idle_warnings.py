@@ -157,7 +157,9 @@ def test_an_idle_lease_is_warned_on_the_vm_extended_by_activity_then_reclaimed(
                           and Path(vm["notice_file"]).read_text(), 10, what="notice file")
         assert f"{iid} ({user}) has been idle" in notice and f"ends_at: {warned['ends_at']}" \
             in notice
-        wall = Path(vm["wall_log"]).read_text()  # the agent ran the wall stand-in
+        # the agent runs the wall stand-in once the notice file is written
+        wall = wait_for(lambda: Path(vm["wall_log"]).exists()
+                        and Path(vm["wall_log"]).read_text(), 10, what="wall")
         assert wall.strip() == notice.splitlines()[0]
         # the user comes back: the end moves, and they are told
         live.fleet(f"/instances/{iid}/activity")
