@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from shared.broker import CONNECTION_ERRORS, DIRECT_REPLY_TO, connect, properties, publish_on
@@ -89,15 +90,16 @@ class PoolClient:
         close_quietly_channel(channel)
         return int(ok.method.consumer_count)
 
-    def check_served(self, queue: str, patience: float = PATIENCE) -> None:
+    def check_served(self, queue: str, patience: float = PATIENCE,
+                     gave_up: Callable[[], bool] = lambda: False) -> None:
         """Return once ``queue`` has a consumer (or we may not look); ``NotServed`` when it
-        has none for ``patience`` seconds."""
+        has none for ``patience`` seconds (or the caller ``gave_up``: Ctrl-C)."""
         deadline = time.monotonic() + patience
         while True:
             count = self.consumers(queue)
             if count is None or count > 0:
                 return
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or gave_up():
                 raise NotServed(f"no dispatcher is serving {queue} (the queue has no "
                                 f"consumer): {hint(self.url)}")
             self.pump(0.5, stop_on_reply=False)
@@ -133,14 +135,16 @@ class PoolClient:
             if stop_on_reply and len(self._replies) > before:
                 return
 
-    def call(self, queue: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """``send`` then wait; ``TimeoutError`` when no reply came within ``timeout``."""
+    def call(self, queue: str, body: dict[str, Any], timeout: float,
+             gave_up: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """``send`` then wait; ``TimeoutError`` when no reply came within ``timeout`` (or
+        the caller ``gave_up``: checked every 0.2 s)."""
         cid = self.send(queue, body)
         deadline = time.monotonic() + timeout
         while (reply := self.take(cid)) is None:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or gave_up():
                 raise TimeoutError(f"no reply on {queue} within {timeout:g}s")
-            self.pump(deadline - time.monotonic())
+            self.pump(min(0.2, deadline - time.monotonic()))
         return reply
 
     def close(self) -> None:

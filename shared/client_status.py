@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -86,13 +87,14 @@ class BrokerSource:
         self.settings, self.user, self.wait = s, user, wait
         self._client: PoolClient | None = None
 
-    def fetch(self) -> dict[str, Any]:
+    def fetch(self, gave_up: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """One status answer; ``gave_up`` (Ctrl-C during ``--watch``) ends the wait early."""
         if self._client is None:
             self._client = connect_client(self.settings)
-            self._client.check_served(topology.LEASES)
+            self._client.check_served(topology.LEASES, gave_up=gave_up)
         body = {"type": "status", "request_id": new_request_id("cli-status"),
                 "user_id": self.user}
-        return self._client.call(topology.LEASES, body, self.wait)
+        return self._client.call(topology.LEASES, body, self.wait, gave_up)
 
     def plain(self, reply: dict[str, Any], now: float) -> str:
         return status_text(reply, self.user, now)
@@ -121,7 +123,7 @@ class BrokerSource:
 class AwsSource:
     """The operator's snapshot (a Scan, the ASG, queue depths) for each view."""
 
-    def fetch(self) -> dict[str, Any]:
+    def fetch(self, gave_up: Callable[[], bool] = lambda: False) -> dict[str, Any]:
         return client_aws.snapshot()
 
     def plain(self, snap: dict[str, Any], now: float) -> str:
@@ -196,7 +198,7 @@ def _watch(args: argparse.Namespace, source: Source) -> int:
             while not stop:
                 note = None
                 try:
-                    last, shown_at, failures = source.fetch(), time.time(), 0
+                    last, shown_at, failures = source.fetch(lambda: bool(stop)), time.time(), 0
                 except TRANSIENT as exc:
                     failures += 1
                     source.reset()
