@@ -20,7 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from shared.aws import STANDARD, CallPolicy, Reachability, aws_call, error_code
-from shared.errors import ConditionFailed
+from shared.errors import AwsUnavailable, ConditionFailed
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -106,6 +106,8 @@ class Table:
             if error_code(exc) == "ConditionalCheckFailedException":
                 raise ConditionFailed(what, unmarshal(exc.response.get("Item"))) from None
             raise
+        if "Attributes" not in resp:  # a cut connection's empty answer, never DynamoDB's
+            raise AwsUnavailable("DynamoDB answered an update without the item")
         return unmarshal(resp["Attributes"]) or {}
 
     @aws_call
