@@ -383,16 +383,22 @@ def test_a_consumer_given_a_url_list_moves_to_the_other_broker_when_its_own_goes
         url: str) -> None:
     """Two proxies stand for two nodes of a cluster. The one that carries the consumer's
     connection is cut and then refuses: the consumer reconnects through the other and
-    consumes what was published meanwhile, each message once."""
+    consumes what was published meanwhile. Each message comes once, or again flagged
+    redelivered when its ack was still on the cut connection (at-least-once)."""
     vhost = vhost_of(url)
     nodes = [NodeProxy(), NodeProxy()]
     try:
         listed = ",".join(p.url(vhost) for p in nodes)
         seen: list[str] = []
+        repeats: list[tuple[str, bool]] = []
         c = Consumer(listed, "dispatcher@test", prefetch=5)
 
         def handle(d: Delivery) -> None:
-            seen.append(decode(ClaimRequest, d.body).request_id)
+            request_id = decode(ClaimRequest, d.body).request_id
+            if request_id in seen:
+                repeats.append((request_id, d.redelivered))
+            else:
+                seen.append(request_id)
             d.ack()
 
         c.subscribe(topology.CLAIMS, handle)
@@ -412,6 +418,7 @@ def test_a_consumer_given_a_url_list_moves_to_the_other_broker_when_its_own_goes
         t.join(10)
         publisher.close()
         assert seen == ["before", "after"]
+        assert all(redelivered for _, redelivered in repeats), repeats
     finally:
         for p in nodes:
             p.close()
