@@ -145,10 +145,11 @@ class ClaimService(Answering):
         """From the warm set; an empty one is refilled at once (at most every
         REFILL_SECONDS: an empty pool is not queried per claim)."""
         now = self.clock.now()
-        if self.free.refill_due(now, urgent=True):
+        busy = self._busy.snapshot(now)
+        if self.free.refill_due(now, urgent=True, skip=busy):
             self.refill()
         else:
-            self.free.await_refill(REFILL_WAIT_SECONDS)  # another thread's, if it runs
+            self.free.await_refill(REFILL_WAIT_SECONDS, busy)  # another thread's, if it runs
         return self.free.candidates(CANDIDATES, now, self._busy.snapshot(now))
 
     def refill(self) -> None:
@@ -167,7 +168,8 @@ class ClaimService(Answering):
 
     def refill_if_low(self) -> None:
         """The ticker's job: keep the warm set from running dry between claims."""
-        if self.free.refill_due(self.clock.now()):
+        now = self.clock.now()
+        if self.free.refill_due(now, skip=self._busy.snapshot(now)):
             self.refill()
 
     def any_free(self) -> bool:
@@ -206,11 +208,13 @@ class ClaimService(Answering):
                     continue
                 return self._existing(req, held[0], reply_key)
             except ConditionFailed:  # taken by another dispatcher, or silent: next one
+                self.metrics.lease_attempts.labels(result="taken").inc()
                 continue
             finally:
                 self._busy.done(worker.instance_id, self.clock.now(), taken)
                 if taken:
                     self.free.discard(worker.instance_id)
+            self.metrics.lease_attempts.labels(result="won").inc()
             got = self._with_password(req, leased)
             if got is not None:
                 return got

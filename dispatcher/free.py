@@ -77,16 +77,23 @@ class FreeSet:
             fresh = [w for i, w in self._workers.items() if i not in skip]
         return random.sample(fresh, min(n, len(fresh)))
 
-    def refill_due(self, now: float, *, urgent: bool = False) -> bool:
+    def _usable(self, skip: frozenset[str]) -> int:
+        """Entries not in ``skip`` (caller holds the lock)."""
+        return sum(1 for i in self._workers if i not in skip)
+
+    def refill_due(self, now: float, *, urgent: bool = False,
+                   skip: frozenset[str] = frozenset()) -> bool:
         """Whether to refill now: the set is low (``urgent``: empty), and the last refill
-        found a full page or was REFILL_SECONDS ago. True claims the refill (the caller must
-        do it, then call ``refilled``)."""
+        found a full page or was REFILL_SECONDS ago. Entries in ``skip`` (being leased by
+        our other threads) do not count: in a burst they are all the set holds. True claims
+        the refill (the caller must do it, then call ``refilled``)."""
         with self._lock:
             if self._refilling:
                 return False
             if not self._last_full and now - self._refilled_at < REFILL_SECONDS:
                 return False
-            due = not self._workers if urgent else len(self._workers) < LOW
+            usable = self._usable(skip)
+            due = not usable if urgent else usable < LOW
             if due:
                 self._refilled_at, self._refilling = now, True
             return due
@@ -102,9 +109,9 @@ class FreeSet:
                 self._workers.setdefault(w.instance_id, w)
             self._refill_done.notify_all()
 
-    def await_refill(self, timeout: float) -> None:
-        """While another thread refills an empty set, wait for its page (not for long: one
-        Query)."""
+    def await_refill(self, timeout: float, skip: frozenset[str] = frozenset()) -> None:
+        """While another thread refills a set with nothing usable (all of it in ``skip``),
+        wait for its page (not for long: one Query)."""
         with self._lock:
-            if self._refilling and not self._workers:
+            if self._refilling and not self._usable(skip):
                 self._refill_done.wait(timeout)

@@ -54,6 +54,11 @@ class Metrics:
             "workerpool_unknown_fields_total",
             "Fields of accepted messages that this version does not know (ignored), by "
             "message type", ["type"], registry=registry)
+        self.lease_attempts = Counter(
+            "workerpool_lease_attempts_total",
+            "Lease transactions a claim made, by result: won, or taken (the worker was no "
+            "longer free: leased by another dispatcher meanwhile, or silent)", ["result"],
+            registry=registry)
         self.passwords = Counter("workerpool_lease_passwords_total",
                                  "Per-lease code-server passwords, by result "
                                  "(set, not_confirmed)", ["result"], registry=registry)
