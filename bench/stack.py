@@ -109,11 +109,21 @@ def worker_id(k: int) -> str:
     return f"i-{k:017x}"
 
 
+#: The seeded workers' heartbeats spread over this much of the past, as a live fleet's spread
+#: over HEARTBEAT_INTERVAL (agents boot at different moments): within the bench dispatchers'
+#: interval (DISPATCHER_ENV), so that a dispatcher's refill from a random split point of the
+#: interval finds another part of the pool than another dispatcher's.
+SPREAD_SECONDS = 600.0
+_GOLDEN = 0.6180339887498949
+
+
 def registered(k: int, now: float) -> dict[str, Any]:
     """Worker k's item as a (v1, unsigned) agent's registration leaves it (shared/store/
-    workers.py ``register``): free, healthy, heard from at ``now``."""
+    workers.py ``register``): free, healthy, heard from within the last SPREAD_SECONDS
+    (evenly: worker k at the golden-ratio point k·φ mod 1 of that time)."""
     return {"instanceId": worker_id(k), "status": "free", "healthy": True,
-            "lastHeartbeat": now - k * 0.001, "registeredAt": now - 60, "leaseExpiry": 0,
+            "lastHeartbeat": now - (k * _GOLDEN) % 1.0 * SPREAD_SECONDS,
+            "registeredAt": now - 2 * SPREAD_SECONDS, "leaseExpiry": 0,
             "userId": None, "publicIp": f"198.51.{100 + k // 250 % 100}.{k % 250 + 1}",
             "privateIp": f"10.0.{k // 250 % 250}.{k % 250 + 1}", "instanceType": "t3.medium",
             "availabilityZone": "us-east-1a", "agentVersion": "1.0.0", "tlsFingerprint": None}
