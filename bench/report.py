@@ -127,13 +127,18 @@ def heartbeats_details(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 THROUGHPUT_HEAD = ("dispatchers", "claims/s", "assigned", "first request to last reply, s",
-                   "dispatcher CPU ms per claim")
+                   "dispatcher CPU ms per claim", "lease transactions per claim (lost races)")
 
 
 def throughput_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    def leases(r: Mapping[str, Any]) -> str:
+        if r.get("leases_per_claim") is None:
+            return "–"  # dispatchers without workerpool_lease_attempts_total
+        return f"{num(r['leases_per_claim'], 2)} ({num(r['lost_per_claim'], 2)})"
+
     return table(THROUGHPUT_HEAD, [(
         str(r["dispatchers"]), num(r["claims_per_s"]), f"{r['assigned']}/{r['claims']}",
-        num(r["wall_s"], 2), num(r["cpu_ms"], 2)) for r in rows])
+        num(r["wall_s"], 2), num(r["cpu_ms"], 2), leases(r)) for r in rows])
 
 
 def provenance(command: str) -> str:

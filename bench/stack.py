@@ -148,10 +148,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def metric(health_port: int, name: str) -> float | None:
-    """A counter from a process's /metrics (None when it does not export it)."""
+    """A counter from a process's /metrics (None when it does not export it); ``name`` may
+    carry labels, as exported: ``workerpool_lease_attempts_total{result="won"}``."""
     url = f"http://127.0.0.1:{health_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     return float(m.group(1)) if m else None
 
 

@@ -12,7 +12,8 @@ failing). claims/s is the claims assigned over the time from the first request t
 reply; CPU ms per claim is the dispatchers' utime + stime (from /proc) over that time, per
 claim. On a 2-core machine the broker, DynamoDB Local and the client share the cores with the
 dispatchers, so claims/s is bound by the machine: CPU per claim is the figure that says how
-far N dispatchers on N machines would go.
+far N dispatchers on N machines would go. Lease transactions per claim: 1 when no claim lost
+a race for a worker to another dispatcher (from ``workerpool_lease_attempts_total``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import time
 from typing import Any
 
 from bench import report
-from bench.stack import Stage, cpu_seconds, seed, stage, stop
+from bench.stack import Stage, cpu_seconds, metric, seed, stage, stop
 from shared import topology
 from shared.broker import RpcClient
+from tests.helpers import Proc
 
 COMMAND = ".venv/bin/python -m bench.throughput"
 WARMUP = 3  # untimed claims per dispatcher
+ATTEMPTS = "workerpool_lease_attempts_total"
 
 
 def burst(rpc: RpcClient, prefix: str, n: int, wait_seconds: int, timeout: float
@@ -50,15 +53,27 @@ def one(st: Stage, rpc: RpcClient, n: int, first: int, args: argparse.Namespace
     procs = [st.dispatcher(st.dynamodb, name=f"dispatcher{k}") for k in range(n)]
     try:
         burst(rpc, f"warm{n}", WARMUP * n, 0, 30)
-        cpu0 = sum(cpu_seconds(p.popen.pid) for p in procs)
+        cpu0, won0, lost0 = sum(cpu_seconds(p.popen.pid) for p in procs), *leases(procs)
         took, replies = burst(rpc, f"run{n}", args.claims, 30, 120)
         cpu = sum(cpu_seconds(p.popen.pid) for p in procs) - cpu0
+        won, lost = leases(procs)
     finally:
         stop(procs)
     assigned = sum(1 for r in replies.values() if r.get("status") == "assigned")
+    answered = max(1, len(replies))
     return {"dispatchers": n, "claims": args.claims, "assigned": assigned,
             "answered": len(replies), "wall_s": took, "claims_per_s": assigned / took,
-            "cpu_ms": cpu * 1000 / max(1, len(replies))}
+            "cpu_ms": cpu * 1000 / answered,
+            "leases_per_claim": (won - won0 + lost - lost0) / answered,
+            "lost_per_claim": (lost - lost0) / answered}
+
+
+def leases(procs: list[Proc]) -> tuple[float, float]:
+    """Lease transactions the dispatchers have won and lost so far (a lost one: the worker
+    was leased by another dispatcher meanwhile, one more transaction for that claim)."""
+    got = [[metric(p.health_port, f'{ATTEMPTS}{{result="{result}"}}') or 0.0 for p in procs]
+           for result in ("won", "taken")]
+    return sum(got[0]), sum(got[1])
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:

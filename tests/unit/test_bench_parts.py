@@ -72,8 +72,12 @@ def test_heartbeat_and_throughput_tables_render_every_column() -> None:
                                           "queued_at_start": 300}])
     assert "UpdateItem 1.00" in details and "300 still queued" in details
     tp = report.throughput_table([{"dispatchers": 2, "claims_per_s": 55.0, "assigned": 200,
-                                   "claims": 200, "wall_s": 3.6, "cpu_ms": 9.0}])
-    assert "| 2 | 55.0 | 200/200 | 3.60 | 9.00 |" in tp
+                                   "claims": 200, "wall_s": 3.6, "cpu_ms": 9.0,
+                                   "leases_per_claim": 1.19, "lost_per_claim": 0.19},
+                                  {"dispatchers": 1, "claims_per_s": 90.0, "assigned": 200,
+                                   "claims": 200, "wall_s": 2.2, "cpu_ms": 3.0}])
+    assert "| 2 | 55.0 | 200/200 | 3.60 | 9.00 | 1.19 (0.19) |" in tp
+    assert "| 1 | 90.0 | 200/200 | 2.20 | 3.00 | – |" in tp
 
 
 def test_a_recorded_block_is_inserted_before_its_anchor_then_replaced_in_place() -> None:
