@@ -150,3 +150,27 @@ def test_at_shutdown_the_agent_can_still_ask_systemd_and_reach_the_broker() -> N
     assert "ExecStop" not in service  # the agent decides itself, on SIGTERM
     assert service["KillSignal"] == "SIGTERM"
     assert agent_env()["AGENT_DEREGISTER_ON_STOP"] == "auto"
+
+
+def test_lease_notices_reach_the_users_home_and_terminals_through_a_root_path_unit() -> None:
+    """The agent runs unprivileged with ProtectHome=yes and NoNewPrivileges=yes: it can write
+    neither the user's home nor (wall without its setgid bit) their terminals. So it writes
+    the notice in its own StateDirectory, and a path unit has root copy it into the user's
+    home and wall its first line (docs/agent.md "User activity and lease notices")."""
+    env, service = agent_env(), unit()["Service"]
+    notice = env["AGENT_NOTICE_FILE"]
+    assert service["ProtectHome"] == "yes" and service["NoNewPrivileges"] == "yes"
+    assert notice.startswith(f"/var/lib/{service['StateDirectory']}/")  # writable by it
+    assert env["AGENT_WALL_COMMAND"] == ""  # the agent's own wall could reach nobody
+    path = ini(files()["/etc/systemd/system/workerpool-notice.path"]["content"])["Path"]
+    assert path["PathChanged"] == notice
+    shown = files()[f"/etc/systemd/system/{path['Unit']}"]["content"]
+    assert "User=" not in shown and "Type=oneshot" in shown  # root, once per notice
+    starts = [line.split("=", 1)[1] for line in shown.splitlines()
+              if line.startswith("ExecStart=")]
+    home_file = f"/home/{CODE_SERVER_USER}/WORKERPOOL-NOTICE.txt"
+    assert any(s.startswith("/usr/bin/install ") and f"-o {CODE_SERVER_USER}" in s
+               and s.endswith(f"{notice} {home_file}") for s in starts), starts
+    assert any(notice in s and s.rstrip("'").endswith("| wall") for s in starts), starts
+    assert any(c.startswith("systemctl enable --now") and "workerpool-notice.path" in c
+               for c in commands())
