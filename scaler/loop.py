@@ -35,6 +35,7 @@ from scaler.policy import (
     arriving,
     decide,
 )
+from scaler.pool import PoolReader
 from shared.asg import Asg
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
@@ -79,6 +80,7 @@ class Scaler:
         self.book = WaitingBook()
         self.surplus_since: float | None = None
         self.memory = PoolMemory()  # arrivals, boot times, capacity circuits
+        self.pool = PoolReader(store.workers)  # the workers, without a full read each pass
         self.warm = WarmTarget(settings.target_available, "not computed yet")
         self.noted: tuple[float, object] | None = None  # when, and the circuits noted
         #: free workers at the last count, less the leases heard of since: a lease that
@@ -115,6 +117,7 @@ class Scaler:
         active = self.leadership.refresh(now) if self.leadership is not None else True
         if active and self.feed is None and self.open_feed is not None:
             self.feed = self.open_feed()
+            self.pool.forget()  # read every worker once: another replica was active
             self.resume(self._recalled())  # the previous scaler's cooldown still runs
             if self.leadership is not None and self.memory.restore(self.leadership.notes, now):
                 log.info("took over the pool's memory", extra={
@@ -204,7 +207,8 @@ class Scaler:
         started = time.monotonic()
         self.due_at, self.burst = now + self.settings.reconcile_interval, None
         state = self.asg.describe()
-        workers = {st: self.store.workers.by_status(st) for st in STATUSES}
+        workers, read = self.pool.read(now, state.live_ids)
+        self.metrics.pool_reads.labels(read=read).inc()
         registered = [w.instance_id for st in ("free", "leased", "draining", "dead")
                       for w in workers[st]]
         free = [w for w in workers["free"] if w.healthy]

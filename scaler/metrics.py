@@ -36,6 +36,11 @@ class ScalerMetrics:
                                "free workers handed back as surplus", registry=r)
         self.events = Counter("workerpool_scaling_events_total",
                               "events from dispatchers", ["type"], registry=r)
+        self.pool_reads = Counter(
+            "workerpool_scaler_pool_reads_total",
+            "reconcile passes by how they read the leased workers: full (every leased item), "
+            "or incremental (kept from the last pass, new ones looked up by key)", ["read"],
+            registry=r)
         self.active = Gauge("workerpool_scaler_active", "1 on the active replica", registry=r)
         self.reconcile_seconds = Histogram("workerpool_reconcile_seconds",
                                            "one reconcile pass", registry=r)
