@@ -31,6 +31,7 @@ from shared.errors import AwsError, AwsUnavailable, LockLost
 from shared.leader import Leadership
 from shared.state import LeaseClock
 from shared.store import Store
+from shared.store.pool import PoolReader
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Reaper:
         self.monotonic = monotonic
         self.known: set[str] = set()
         self.clocks = LeaseClocks(store.table)
+        self.pool = PoolReader(store.workers)  # the sweep's every worker, without a Scan
         self.actions = Actions(store=store, asg=asg, metrics=self.metrics, known=self.known,
                                notifier=notifier, clocks=self.clocks)
         self._next_sweep = 0.0  # the first pass (after start or takeover) sweeps
@@ -79,9 +81,14 @@ class Reaper:
                  *workers.by_status("leased", heartbeat_before=silent_since)]
         draining, dead, booting = (workers.by_status("draining"), workers.by_status("dead"),
                                    workers.by_status("booting"))
-        everything = tuple(workers.all()) if sweep else None
+        free = workers.by_status("free") if sweep else []
         leases = self._lease_clocks(now, sweep=sweep)
         asg = self.asg.describe()
+        everything = None
+        if sweep:  # every worker, the leased kept between sweeps (shared/store/pool.py)
+            every, _ = self.pool.complete({"free": free, "draining": draining, "dead": dead,
+                                           "booting": booting}, now, asg.live_ids)
+            everything = tuple(w for ws in every.values() for w in ws)
         return Snapshot(asg=asg, expired=tuple(expired), stale=tuple(stale),
                         draining=tuple(draining), dead=tuple(dead), booting=tuple(booting),
                         everything=everything, known_ids=frozenset(self.known),
@@ -188,5 +195,6 @@ class Reaper:
                                 extra={"event": "reap_failed", "error": str(exc)})
             else:
                 self._next_sweep = 0.0  # our cache of known ids may be stale on takeover
+                self.pool.forget()
             if stopper.wait(self.settings.reap_interval):
                 break

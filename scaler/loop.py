@@ -35,7 +35,6 @@ from scaler.policy import (
     arriving,
     decide,
 )
-from scaler.pool import PoolReader
 from shared.asg import Asg
 from shared.clock import Clock, SystemClock
 from shared.config import Settings
@@ -44,6 +43,7 @@ from shared.leader import Leadership
 from shared.messages import CapacityStatus, LeasedEvent, ShortageEvent
 from shared.state import STATUSES
 from shared.store import Store
+from shared.store.pool import PoolReader
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The scaler's incremental read (scaler/pool.py) on the real table layer (moto): each pass
+"""The scaler's incremental read (shared/store/pool.py) on the real table layer (moto): each pass
 sees what a full read would, and a pass without changes reads no leased item."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from scaler.pool import PoolReader
 from shared.config import Settings
 from shared.store import Store
+from shared.store.pool import PoolReader
 
 NOW = 1_000_000.0
 

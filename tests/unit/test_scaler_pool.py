@@ -1,9 +1,9 @@
-"""The scaler's incremental read of the workers (scaler/pool.py): what a pass reads."""
+"""The scaler's incremental read of the workers (shared/store/pool.py): what a pass reads."""
 
 from __future__ import annotations
 
-from scaler.pool import LOOKUPS, RESYNC_SECONDS, Plan, kept_leased, plan
 from shared.state import Worker
+from shared.store.pool import LOOKUPS, RESYNC_SECONDS, Plan, kept_leased, plan
 
 NOW = 10_000.0
 

@@ -1,5 +1,6 @@
-"""The scaler's view of the table's workers, read without walking the pool on every pass
-(issue 15: DynamoDB reads at idle must not grow with the pool).
+"""Every worker by status, read without walking the pool on every pass: the scaler's
+reconcile and the reaper's sweep (issue 15: DynamoDB reads at idle must not grow with the
+pool; the sweep was a Scan of the whole table).
 
 Every status but ``leased`` holds few items: ``free`` about the warm target, ``booting`` the
 launches in flight, ``draining`` and ``dead`` what the reaper has yet to take. Those are read
@@ -70,7 +71,7 @@ def kept_leased(kept: Mapping[str, Worker], seen: Iterable[str],
 
 
 class PoolReader:
-    """Reads the workers for one reconcile pass (the scaler's thread only)."""
+    """Reads the workers for one pass (one thread: the scaler's loop, or the reaper's)."""
 
     def __init__(self, workers: Workers) -> None:
         self.workers = workers
@@ -84,7 +85,19 @@ class PoolReader:
 
     def read(self, now: float, live: Iterable[str]) -> tuple[dict[Status, list[Worker]], Read]:
         """Every worker by status, and how the leased were read."""
-        by_status: dict[Status, list[Worker]] = {st: self.workers.by_status(st) for st in FEW}
+        return self.complete(self.read_few(), now, live)
+
+    def read_few(self) -> dict[Status, list[Worker]]:
+        """The FEW statuses, one index Query each (a caller that reads them anyway passes
+        its own to ``complete``)."""
+        return {st: self.workers.by_status(st) for st in FEW}
+
+    def complete(self, few: dict[Status, list[Worker]], now: float, live: Iterable[str]
+                 ) -> tuple[dict[Status, list[Worker]], Read]:
+        """``few`` (the FEW statuses, read before the group's ``live`` instances were) with
+        the leased added: kept, looked up or read in full. Lookups are only of live
+        instances, so nothing read after the group counts as out of it."""
+        by_status: dict[Status, list[Worker]] = {st: list(few[st]) for st in FEW}
         seen = {w.instance_id for ws in by_status.values() for w in ws}
         p = plan(live, seen, self.kept, synced_at=self.synced_at, now=now)
         if p.full:
