@@ -1,4 +1,4 @@
-"""The scaler's incremental read of the workers (shared/store/pool.py): what a pass reads."""
+"""The incremental read of every worker (shared/store/pool.py): what a pass reads."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The scaler's incremental read (shared/store/pool.py) on the real table layer (moto): each pass
-sees what a full read would, and a pass without changes reads no leased item."""
+"""The incremental read of every worker (shared/store/pool.py) on the real table layer
+(moto): each pass sees what a full read would, and a pass without changes reads no leased
+item."""
 
 from __future__ import annotations
 
