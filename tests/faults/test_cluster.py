@@ -17,8 +17,9 @@ request, so a client connected to the dead node loses its pending replies with i
   outcome and never a second worker.
 
 Both publish with confirms and resend on a nack (``Client`` says why). Both count every
-reply they get, per correlation id, and listen on after the last. Then: every claim
-answered exactly once, 40 assigned to 40 different workers and the table agreeing (each
+reply they get, per correlation id and message id, and listen on after the last. Then:
+every claim answered exactly once (one message id: a reply whose publish a dispatcher
+retried after its node died, confirm unseen, may come twice with the same id), 40 assigned to 40 different workers and the table agreeing (each
 leased worker is its claimant's), none lost (no lease without its reply), the other 20
 answered ``unavailable``. Afterwards the node is started again and rejoins the queue.
 
@@ -133,12 +134,18 @@ def cluster() -> Iterator[Cluster]:
 
 @dataclass
 class Replies:
-    """Every reply a client got, over all its connections: (correlation id, reply, when)."""
+    """Every reply a client got, over all its connections: (correlation id, reply, when),
+    and each one's message id."""
 
     all: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+    ids: list[tuple[str, str]] = field(default_factory=list)
 
     def per_request(self) -> Counter[str]:
-        return Counter(cid for cid, _, _ in self.all)
+        """Distinct replies per request. A dispatcher whose publisher connection dies with
+        its node before the confirm publishes the reply again on a new one, with the same
+        message id (at-least-once, as AMQP publishers do): a client that got both has one
+        answer, twice; a second answer would have a message id of its own."""
+        return Counter(cid for cid, _ in set(self.ids))
 
     def by_request(self) -> dict[str, dict[str, Any]]:
         return {cid: reply for cid, reply, _ in self.all}
@@ -159,6 +166,7 @@ class ConfirmingRpc(RpcClient):
     def _on_reply(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         super()._on_reply(channel, method, props, body)
         self.record.all.append((props.correlation_id or "", json.loads(body), time.monotonic()))
+        self.record.ids.append((props.correlation_id or "", props.message_id or ""))
 
 
 class Client:
