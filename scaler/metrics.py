@@ -49,6 +49,11 @@ class ScalerMetrics:
         self.refused = Counter("workerpool_refused_messages_total",
                                "events refused and dead-lettered, by reason", ["reason"],
                                registry=r)
+        self._learned(r)
+        self.capacity_ok.set(1)
+
+    def _learned(self, r: CollectorRegistry) -> None:
+        """What the pool learns: the warm target's figures, capacity circuits."""
         self.warm_target = Gauge("workerpool_warm_target",
                                  "free workers the scaler keeps (fixed or learned)", registry=r)
         self.claims_per_minute = Gauge("workerpool_forecast_claims_per_minute",
@@ -63,4 +68,3 @@ class ScalerMetrics:
         self.circuits_opened = Counter("workerpool_capacity_circuits_opened_total",
                                        "capacity circuits opened", ["instance_type", "zone"],
                                        registry=r)
-        self.capacity_ok.set(1)
